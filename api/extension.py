@@ -1,0 +1,81 @@
+"""The router's services for one Flask app: Redis, job store, worker liveness and a
+short-lived registry snapshot. Built by create_app, found at app.extensions["router"].
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flask import current_app
+
+from registry.db import init_db, make_engine
+from registry.queries import Snapshot, load_snapshot
+from tasks.connections import redis_client
+from tasks.dispatch import make_celery
+from tasks.jobs import JobStore
+from tasks.liveness import Liveness
+
+
+class RegistryCache:
+    """The registry as of at most `ttl` seconds ago: CLI changes show up without a restart,
+    and the database is read once per second, not once per request."""
+
+    def __init__(self, engine: Any, ttl: float) -> None:
+        self.engine, self.ttl = engine, ttl
+        self._snapshot: Snapshot | None = None
+        self._loaded = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> Snapshot:
+        if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
+            with self._lock:
+                if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
+                    self._snapshot = load_snapshot(self.engine)
+                    self._loaded = time.monotonic()
+        return self._snapshot
+
+
+class LiveWorkers:
+    """Live-worker counts per queue; a positive answer is trusted for `ttl` seconds."""
+
+    def __init__(self, liveness: Liveness, ttl: float = 1.0) -> None:
+        self.liveness, self.ttl = liveness, ttl
+        self._seen: dict[str, float] = {}
+
+    def any(self, queue: str) -> bool:
+        seen = self._seen.get(queue)
+        if seen is not None and time.monotonic() - seen < self.ttl:
+            return True
+        alive = self.liveness.live_counts([queue]).get(queue, 0) > 0
+        if alive:
+            self._seen[queue] = time.monotonic()
+        else:
+            self._seen.pop(queue, None)
+        return alive
+
+    def counts(self, queues: Iterable[str]) -> dict[str, int]:
+        return self.liveness.live_counts(queues)
+
+
+class Router:
+    """Everything a request handler needs, created once per app (per gunicorn worker)."""
+
+    def __init__(self, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.config = config
+        self.redis = redis_client(config["REDIS_URL"])
+        self.celery = make_celery(config["REDIS_URL"])
+        self.jobs = JobStore(self.redis, job_ttl=int(config["JOB_TTL"]))
+        self.liveness = Liveness(self.redis)
+        self.live = LiveWorkers(self.liveness)
+        self.engine = make_engine(config["DATABASE_URL"])
+        init_db(self.engine, env)
+        self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]))
+
+
+def router() -> Router:
+    """The current app's Router."""
+    found: Router = current_app.extensions["router"]
+    return found

@@ -1,0 +1,147 @@
+"""Event streams rendered for clients: OpenAI `chat.completion.chunk` SSE, the jobs API's
+own SSE (`id:` per event, for Last-Event-ID resume) and WebSocket messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import Any
+
+import orjson
+
+from api.schemas import chunk_body, usage_chunk_body
+from api.serving import ChatService, Submitted, completion_id, raise_for_final
+from tasks.events import StreamEvent
+from tasks.keys import Event
+from workers.errors import RouterError, UpstreamError
+
+DONE_LINE = b"data: [DONE]\n\n"
+
+
+def sse_data(body: Any) -> bytes:
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def sse_event(event: StreamEvent) -> bytes:
+    """A jobs-API SSE frame: the stream entry id, the event type, its JSON payload."""
+    data = orjson.dumps(event.payload())
+    return f"id: {event.id}\nevent: {event.type.value}\n".encode() + b"data: " + data + b"\n\n"
+
+
+class Resync:
+    """After a worker was lost and the job restarted, the client has text it cannot take
+    back: skip the regenerated prefix it already has, then carry on. Temperature-0 jobs
+    regenerate the same text; if a sampled one diverges, the stream ends with an error."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self.replay: str | None = None
+
+    def restart(self) -> None:
+        self.replay = "" if self.sent else None
+
+    def feed(self, delta: str) -> str:
+        if self.replay is None:
+            self.sent += delta
+            return delta
+        self.replay += delta
+        if len(self.replay) <= len(self.sent):
+            if not self.sent.startswith(self.replay):
+                raise UpstreamError("The job restarted after a worker failure and diverged.")
+            return ""
+        if not self.replay.startswith(self.sent):
+            raise UpstreamError("The job restarted after a worker failure and diverged.")
+        out, self.sent, self.replay = self.replay[len(self.sent) :], self.replay, None
+        return out
+
+
+def first_events(events: Iterator[StreamEvent | None]) -> list[StreamEvent]:
+    """Read up to the first token (or the end) before any header is sent, so that an error
+    raised before generation starts gets its real HTTP status instead of a 200 stream."""
+    head: list[StreamEvent] = []
+    for event in events:
+        if event is None:
+            continue
+        head.append(event)
+        if event.type is Event.TOKEN or event.type.terminal:
+            break
+    if head and head[-1].type in (Event.ERROR, Event.CANCELLED):
+        raise_for_final(head[-1])
+    return head
+
+
+def chat_chunks(
+    service: ChatService, sub: Submitted, include_usage: bool, keepalive: float
+) -> Iterator[bytes]:
+    """The whole OpenAI SSE response for a submitted job."""
+    events = service.events(sub.job_id, sub.route.queue, sub.deadline)
+    head = first_events(events)
+    return _chat_sse(service, sub, include_usage, keepalive, chain(head, events))
+
+
+def _chat_sse(
+    service: ChatService,
+    sub: Submitted,
+    include_usage: bool,
+    keepalive: float,
+    events: Iterable[StreamEvent | None],
+) -> Iterator[bytes]:
+    cid, created, model = completion_id(sub.job_id), sub.created, sub.route.id
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse_data(chunk_body(cid, created, model, delta, finish, include_usage))
+
+    finished, resync, quiet_since = False, Resync(), time.monotonic()
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for event in events:
+            if event is None:
+                if time.monotonic() - quiet_since >= keepalive:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                continue
+            quiet_since = time.monotonic()
+            if event.type is Event.TOKEN:
+                text = resync.feed(event.delta)
+                if text:
+                    yield chunk({"content": text})
+            elif event.type is Event.RESTART:
+                resync.restart()
+            elif event.type is Event.DONE:
+                finished = True
+                yield chunk({}, event.finish_reason)
+                if include_usage and event.usage:
+                    yield sse_data(usage_chunk_body(cid, created, model, event.usage))
+                yield DONE_LINE
+                return
+            else:
+                finished = True
+                raise_for_final(event)
+    except RouterError as exc:
+        finished = True
+        service.router.jobs.cancel(sub.job_id)
+        yield sse_data(exc.info().body())
+    finally:
+        if not finished:  # the client went away mid-stream: stop the generation
+            service.router.jobs.cancel(sub.job_id)
+
+
+def job_sse(
+    service: ChatService, job_id: str, queue: str, deadline: float, after: str, keepalive: float
+) -> Iterator[bytes]:
+    """GET /v1/jobs/{id}/events: replay from `after`, then live, one frame per event."""
+    quiet_since = time.monotonic()
+    yield b"retry: 1000\n\n"
+    try:
+        for event in service.events(job_id, queue, deadline, after):
+            if event is None:
+                if time.monotonic() - quiet_since >= keepalive:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                continue
+            quiet_since = time.monotonic()
+            yield sse_event(event)
+    except RouterError as exc:
+        yield b"event: error\n" + sse_data(exc.info().body())

@@ -1,0 +1,53 @@
+"""Errors raised by registry queries and CRUD; all are ValueErrors with a one-line message.
+
+    RegistryError(ValueError)
+    ├── UnknownBackendError     no backend by that name
+    ├── DuplicateBackendError   a backend by that name exists
+    ├── UnknownKindError        kind is not one of registry.KINDS
+    ├── UnknownModelError       no model by that id
+    ├── DuplicateModelError     a model (or alias) by that id exists
+    ├── AliasInUseError         the alias is taken by another model, or is a model id
+    ├── InvalidValueError       a number or name out of range
+    └── ConcurrentChangeError   another process changed the same rows first
+
+The registry knows nothing of HTTP: the API maps Unknown* to 404, Duplicate*/AliasInUse/
+ConcurrentChange to 409, UnknownKind/InvalidValue to 400.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(ValueError):
+    """Base of every registry error; str(err) is a message fit to show an operator."""
+
+
+class UnknownBackendError(RegistryError):
+    """The named backend does not exist."""
+
+
+class DuplicateBackendError(RegistryError):
+    """A backend with that name already exists."""
+
+
+class UnknownKindError(RegistryError):
+    """The backend kind is not one the workers implement."""
+
+
+class UnknownModelError(RegistryError):
+    """The model id does not exist."""
+
+
+class DuplicateModelError(RegistryError):
+    """A model with that id already exists (or the id is some model's alias)."""
+
+
+class AliasInUseError(RegistryError):
+    """The alias already names a model, or collides with a model id."""
+
+
+class InvalidValueError(RegistryError):
+    """A field is out of range: empty name, non-positive window, negative price."""
+
+
+class ConcurrentChangeError(RegistryError):
+    """A unique constraint failed at commit: another process wrote the same key first."""

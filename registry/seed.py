@@ -1,0 +1,149 @@
+"""First-run registry contents (seed.json) and the env sync of seeded backends.
+
+`apply_seed` fills an empty registry; `sync_env` runs on every start and sets each seeded
+backend that declares `enable_if_env` to enabled exactly when that variable is non-empty,
+so a provider lights up when its key is in the environment. Operator-added backends are
+never touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from sqlmodel import Session
+
+from registry.models import Alias, Backend, Model
+
+
+@dataclass(frozen=True)
+class SeedBackend:
+    """A backend as seed.json declares it."""
+
+    name: str
+    kind: str
+    queue: str
+    base_url: str | None
+    api_key_env: str | None
+    enabled: bool
+    enable_if_env: str | None
+
+
+@dataclass(frozen=True)
+class SeedModel:
+    """A model (with its aliases) as seed.json declares it."""
+
+    id: str
+    backend: str
+    upstream: str
+    context_window: int
+    max_tokens: int
+    input_price: float
+    output_price: float
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The whole seed: backends and models, in file order."""
+
+    backends: tuple[SeedBackend, ...]
+    models: tuple[SeedModel, ...]
+
+    def env_gates(self) -> dict[str, str]:
+        """Backend name -> the env var that decides whether it is enabled."""
+        return {b.name: b.enable_if_env for b in self.backends if b.enable_if_env}
+
+
+def _backend(raw: Mapping[str, Any]) -> SeedBackend:
+    return SeedBackend(
+        name=raw["name"],
+        kind=raw["kind"],
+        queue=raw["queue"],
+        base_url=raw.get("base_url"),
+        api_key_env=raw.get("api_key_env"),
+        enabled=bool(raw.get("enabled", True)),
+        enable_if_env=raw.get("enable_if_env"),
+    )
+
+
+def _model(raw: Mapping[str, Any]) -> SeedModel:
+    return SeedModel(
+        id=raw["id"],
+        backend=raw["backend"],
+        upstream=raw.get("upstream", raw["id"]),
+        context_window=int(raw["context_window"]),
+        max_tokens=int(raw["max_tokens"]),
+        input_price=float(raw.get("input_price", 0)),
+        output_price=float(raw.get("output_price", 0)),
+        aliases=tuple(raw.get("aliases", ())),
+    )
+
+
+@lru_cache(maxsize=1)
+def load_seed() -> Seed:
+    """Parse the packaged seed.json (once per process; the result is immutable)."""
+    text = resources.files("registry").joinpath("seed.json").read_text(encoding="utf-8")
+    raw = json.loads(text)
+    return Seed(
+        backends=tuple(_backend(b) for b in raw["backends"]),
+        models=tuple(_model(m) for m in raw["models"]),
+    )
+
+
+def _enabled(backend: SeedBackend, env: Mapping[str, str]) -> bool:
+    if backend.enable_if_env:
+        return bool(env.get(backend.enable_if_env))
+    return backend.enabled
+
+
+def apply_seed(session: Session, seed: Seed, env: Mapping[str, str], now: float) -> None:
+    """Insert every seeded backend, model and alias; the caller checked the registry is empty."""
+    for b in seed.backends:
+        session.add(
+            Backend(
+                name=b.name,
+                kind=b.kind,
+                queue=b.queue,
+                base_url=b.base_url,
+                api_key_env=b.api_key_env,
+                enabled=_enabled(b, env),
+                created_at=now,
+            )
+        )
+    session.flush()  # parents first: models reference backends, aliases reference models
+    for m in seed.models:
+        session.add(
+            Model(
+                id=m.id,
+                backend=m.backend,
+                upstream=m.upstream,
+                context_window=m.context_window,
+                max_tokens=m.max_tokens,
+                input_price=m.input_price,
+                output_price=m.output_price,
+                created_at=now,
+            )
+        )
+    session.flush()
+    for m in seed.models:
+        session.add_all(Alias(alias=a, model_id=m.id) for a in m.aliases)
+
+
+def sync_env(session: Session, seed: Seed, env: Mapping[str, str]) -> list[str]:
+    """Set `enabled` of env-gated seeded backends from `env`; return the names changed."""
+    changed = []
+    for b in seed.backends:
+        if not b.enable_if_env:
+            continue
+        row = session.get(Backend, b.name)
+        want = _enabled(b, env)
+        if row is not None and row.enabled != want:
+            row.enabled = want
+            session.add(row)
+            changed.append(b.name)
+    return changed

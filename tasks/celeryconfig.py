@@ -1,0 +1,47 @@
+"""Celery settings, loaded when the app is first configured (not at import of `tasks`).
+
+The safety settings DESIGN.md asks for: late acks, reject on worker lost, prefetch 1,
+visibility timeout above the longest job, time limits. Connection limits sized for
+gevent workers with a thousand jobs in flight (shared/bench/FINDINGS.md: kombu's default
+of 10 fails under load).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dotenv import load_dotenv
+
+from tasks.pools import DEFAULT_CONCURRENCY, pool_for_argv
+from tasks.settings import Settings
+
+load_dotenv(override=False)
+_settings = Settings.from_env(os.environ)
+
+broker_url = _settings.redis_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "max_connections": 2000,
+    "socket_keepalive": True,
+    "socket_connect_timeout": 2,
+}
+broker_pool_limit = 100
+
+task_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = int(_settings.request_timeout) + 30
+task_time_limit = int(_settings.request_timeout) + 60
+
+worker_pool = pool_for_argv(sys.argv)
+worker_concurrency = _settings.concurrency or DEFAULT_CONCURRENCY.get(worker_pool, 4)
+worker_hijack_root_logger = True
+worker_send_task_events = _settings.task_events
+task_send_sent_event = _settings.task_events

@@ -1,0 +1,59 @@
+"""The one task, how jobs are put on their queue, and the worker lifecycle hooks.
+
+`worker_init` loads the backends a worker's queues need (the local model, once) and then
+starts the heartbeat, so a worker is announced only when it can serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from celery import signals
+
+from tasks import app
+from tasks.dispatch import enqueue
+from tasks.execute import run_job
+from tasks.keys import PROVIDER_QUEUES, TASK_NAME
+from tasks.liveness import Requeued
+from tasks.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=TASK_NAME, ignore_result=True)
+def generate(job_id: str, attempt: int = 1) -> None:
+    """Run one delivery of a job (see tasks.execute.run_job)."""
+    run_job(runtime(), job_id, attempt)
+
+
+def _requeue(job: Requeued) -> None:
+    enqueue(app, job.job_id, job.attempt, job.queue)
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    queues = sorted(sender.app.amqp.queues.consume_from or ["celery"])
+    rt = runtime()
+    if any(q not in PROVIDER_QUEUES for q in queues):
+        started = time.monotonic()
+        rt.backend("local")  # load the model now, not on the first request
+        log.info("local model ready in %.1fs", time.monotonic() - started)
+    pool = getattr(sender.pool_cls, "__module__", "").rsplit(".", 1)[-1]
+    info = {
+        "hostname": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "pool": pool,
+        "concurrency": str(sender.concurrency),
+        "started": f"{time.time():.3f}",
+    }
+    rt.start_heartbeat(queues, info, _requeue)
+    log.info("worker %s serving %s", rt.worker_id, ",".join(queues))
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    runtime().stop()

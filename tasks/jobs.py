@@ -1,0 +1,180 @@
+"""The job hash and its event stream: create, claim, finish, cancel, read.
+
+Every state change is one Lua script, so that a cancel racing a claim, a redelivery racing
+a finish, or a zombie worker writing late can never leave a job in two states at once.
+Scripts are in `tasks/lua/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, cast
+
+import orjson
+import redis
+
+from tasks import keys
+from tasks.events import StreamEvent, Transcript
+from tasks.keys import JobStatus
+from workers.protocol import ChatJob
+
+
+@cache
+def lua(name: str) -> str:
+    """The text of `tasks/lua/<name>.lua`."""
+    return resources.files("tasks").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's hash, decoded."""
+
+    id: str
+    status: JobStatus
+    model: str
+    backend: str
+    queue: str
+    attempt: int
+    created: float
+    started: float | None
+    finished: float | None
+    cancel_requested: bool
+    worker: str
+    deadline: float
+
+    @classmethod
+    def decode(cls, h: dict[str, str]) -> JobRecord:
+        def ts(name: str) -> float | None:
+            return float(h[name]) if h.get(name) else None
+
+        return cls(
+            id=h["id"],
+            status=JobStatus(h["status"]),
+            model=h.get("model", ""),
+            backend=h.get("backend", ""),
+            queue=h.get("queue", ""),
+            attempt=int(h.get("attempt", "1")),
+            created=float(h.get("created", "0")),
+            started=ts("started"),
+            finished=ts("finished"),
+            cancel_requested=h.get("cancel") == "1",
+            worker=h.get("worker", ""),
+            deadline=float(h.get("deadline") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of a worker's claim: `job` is set only when it should run."""
+
+    outcome: str
+    job: ChatJob | None = None
+    token_base: int = 0
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+class JobStore:
+    """Jobs in Redis, for the API (create, cancel, read) and the worker (claim, finish)."""
+
+    def __init__(self, client: redis.Redis, *, job_ttl: int = 3600) -> None:
+        self.redis = client
+        self.job_ttl = job_ttl
+        self._create = client.register_script(lua("create"))
+        self._claim = client.register_script(lua("claim"))
+        self._cancel = client.register_script(lua("cancel"))
+        self.finish_script = client.register_script(lua("finish"))
+
+    # -- API side -------------------------------------------------------------------------
+
+    def create(
+        self,
+        job: ChatJob,
+        queue: str,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+        idempotency_ttl: int = 86400,
+    ) -> str:
+        """Store a queued job; returns its id, or the earlier job's id for a repeated key."""
+        deadline = job.deadline or time.time() + 3600
+        lifetime = int(deadline - time.time()) + self.job_ttl
+        fields = {
+            "id": job.id,
+            "status": JobStatus.QUEUED.value,
+            "model": job.model,
+            "backend": job.backend,
+            "queue": queue,
+            "attempt": "1",
+            "created": f"{job.created:.6f}",
+            "deadline": f"{deadline:.3f}",
+            "cancel": "0",
+            "request": orjson.dumps(job.to_dict()).decode(),
+        }
+        flat = [x for kv in fields.items() for x in kv]
+        idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
+        res = self._create(
+            keys=[keys.job_key(job.id), idem],
+            args=[max(lifetime, 1), idempotency_ttl, digest, *flat],
+        )
+        if res[0] == "exists":
+            if res[2] != digest:
+                raise IdempotencyConflict(res[1])
+            return str(res[1])
+        return job.id
+
+    def cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel; returns the status after the call (None for an unknown job)."""
+        res = self._cancel(
+            keys=[keys.job_key(job_id), keys.events_key(job_id)], args=[self.job_ttl]
+        )
+        return None if res == "missing" else JobStatus(res)
+
+    def record(self, job_id: str) -> JobRecord | None:
+        h: dict[str, str] = cast(Any, self.redis.hgetall(keys.job_key(job_id)))
+        return JobRecord.decode(h) if h else None
+
+    def snapshot(self, job_id: str) -> tuple[JobRecord, Transcript] | None:
+        """The hash and every event so far, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job_key(job_id))
+        pipe.xrange(keys.events_key(job_id))
+        h, entries = cast(Any, pipe.execute())
+        if not h:
+            return None
+        transcript = Transcript()
+        transcript.extend(StreamEvent.decode(i, f) for i, f in entries)
+        return JobRecord.decode(h), transcript
+
+    def read(self, job_id: str, after: str, block_ms: int) -> list[StreamEvent]:
+        """Events after entry id `after`, waiting up to `block_ms` for the first one."""
+        res: Any = self.redis.xread({keys.events_key(job_id): after}, block=block_ms, count=1024)
+        if not res:
+            return []
+        return [StreamEvent.decode(i, f) for i, f in res[0][1]]
+
+    # -- worker side ----------------------------------------------------------------------
+
+    def claim(self, job_id: str, attempt: int, worker_id: str) -> Claim:
+        """Take a delivered job, or say why not (finished, stale, duplicate, cancelled...)."""
+        res = self._claim(
+            keys=[
+                keys.job_key(job_id),
+                keys.events_key(job_id),
+                keys.worker_jobs_key(worker_id),
+            ],
+            args=[str(attempt), worker_id, self.job_ttl, job_id],
+        )
+        if res[0] != "ok":
+            return Claim(str(res[0]))
+        return Claim("ok", ChatJob.from_dict(orjson.loads(res[1])), int(res[2]))

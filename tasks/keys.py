@@ -1,0 +1,86 @@
+"""Every Redis key, queue name, job status and stream event type, in one place.
+
+Key layout (all under the `router:` prefix so one Redis can be shared):
+
+    router:job:{id}               hash    job state: status, attempt, worker, request, ...
+    router:job:{id}:events        stream  token / restart / done / error / cancelled events
+    router:idem:{key}             string  Idempotency-Key -> job id
+    router:workers                zset    worker id -> last heartbeat (Redis server time)
+    router:worker:{id}            hash    what a worker announced (queues, host, pid, ...)
+    router:worker:{id}:jobs       set     jobs a worker is running (for redelivery)
+    router:queue:{queue}:workers  zset    worker id -> last heartbeat, per consumed queue
+    router:reaper                 string  lock: one reaper pass at a time across workers
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PREFIX = "router"
+
+#: Celery queue of the embedded local worker (a Mac runs `celery -A tasks worker -Q local-mps`).
+LOCAL_QUEUE = "local-mps"
+#: Provider queues; workers that consume only these use the gevent pool.
+PROVIDER_QUEUES = frozenset(
+    {"openai", "openrouter", "grok", "venice", "anthropic", "google", "llm-d"}
+)
+
+TASK_NAME = "router.generate"
+
+WORKERS = f"{PREFIX}:workers"
+REAPER_LOCK = f"{PREFIX}:reaper"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def idempotency_key(key: str) -> str:
+    return f"{PREFIX}:idem:{key}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_jobs_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:jobs"
+
+
+def queue_workers_key(queue: str) -> str:
+    return f"{PREFIX}:queue:{queue}:workers"
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; the last three are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Event(StrEnum):
+    """Types of entries on a job's event stream."""
+
+    TOKEN = "token"
+    RESTART = "restart"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Event.DONE, Event.ERROR, Event.CANCELLED)

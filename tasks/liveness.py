@@ -1,0 +1,77 @@
+"""Which workers are alive, on which queues; and the reaper that redelivers a dead
+worker's jobs without waiting for the broker's visibility timeout.
+
+A worker's heartbeat stores "alive until" (Redis server time + ttl) in sorted sets, so
+every reader compares against the same clock: no skew between a Mac and a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tasks import keys
+from tasks.jobs import lua
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job the reaper took back from a dead worker."""
+
+    job_id: str
+    queue: str
+    attempt: int
+
+
+class Liveness:
+    """Heartbeats, goodbyes, live counts and reaping, each one script call."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._beat = client.register_script(lua("heartbeat"))
+        self._goodbye = client.register_script(lua("goodbye"))
+        self._reap = client.register_script(lua("reap"))
+        self._live = client.register_script(lua("live"))
+
+    def beat(self, worker_id: str, ttl: float, queues: Iterable[str], info: dict[str, str]) -> None:
+        """Say this worker is alive for `ttl` more seconds on `queues`."""
+        flat = [x for kv in info.items() for x in kv]
+        self._beat(
+            keys=[keys.WORKERS, keys.worker_key(worker_id)],
+            args=[worker_id, ttl, keys.PREFIX, ",".join(queues), *flat],
+        )
+
+    def goodbye(self, worker_id: str, queues: Iterable[str]) -> None:
+        """Mark this worker dead now (clean shutdown)."""
+        self._goodbye(keys=[keys.WORKERS], args=[worker_id, keys.PREFIX, ",".join(queues)])
+
+    def reap(self, max_workers: int = 50) -> list[Requeued]:
+        """Requeue the running jobs of expired workers; the caller publishes them."""
+        flat = self._reap(keys=[keys.WORKERS], args=[keys.PREFIX, max_workers])
+        return [Requeued(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def try_lock(self, owner: str, seconds: float) -> bool:
+        """One reaper pass at a time across all workers."""
+        return bool(self.redis.set(keys.REAPER_LOCK, owner, nx=True, px=int(seconds * 1000)))
+
+    def live_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        """Number of workers with an unexpired heartbeat, per queue."""
+        names = list(dict.fromkeys(queues))
+        if not names:
+            return {}
+        counts = self._live(keys=[keys.queue_workers_key(q) for q in names])
+        return dict(zip(names, (int(c) for c in counts), strict=True))
+
+    def workers(self) -> list[dict[str, str]]:
+        """What every registered worker announced, with `alive_until` (server time)."""
+        members: Any = self.redis.zrange(keys.WORKERS, 0, -1, withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id, _ in members:
+            pipe.hgetall(keys.worker_key(worker_id))
+        out = []
+        for (worker_id, until), info in zip(members, pipe.execute(), strict=True):
+            out.append({**info, "id": worker_id, "alive_until": f"{until:.3f}"})
+        return out

@@ -1,0 +1,28 @@
+-- A worker takes a delivered job: drop stale or duplicate deliveries, honour a cancel that
+-- came while queued, write `restart` on a redelivery, mark it running.
+-- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set
+-- ARGV[1] attempt carried by the message, ARGV[2] worker id, ARGV[3] job ttl, ARGV[4] job id
+-- Returns {'ok', request json, token id base (ms)} or {reason}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'finished'} end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {'stale'} end
+if status == 'running' then return {'duplicate'} end
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', now)
+  redis.call('XADD', KEYS[2], '*', 'type', 'cancelled')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return {'cancelled'}
+end
+local base = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(ARGV[1]) > 1 then
+  local id = redis.call('XADD', KEYS[2], '*', 'type', 'restart', 'attempt', ARGV[1])
+  base = tonumber(string.match(id, '^(%d+)'))
+end
+-- token ids are base+1-seq: above this attempt's restart, below nothing a later attempt writes
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started', now)
+redis.call('SADD', KEYS[3], ARGV[4])
+return {'ok', redis.call('HGET', KEYS[1], 'request'), string.format('%.0f', base + 1)}

@@ -1,0 +1,120 @@
+"""What a worker process holds for its whole life: Redis clients, the job store, the event
+publisher, the heartbeat and the backends (a local model is loaded once, here).
+
+Built on first use or at `worker_init`, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+
+import redis
+
+from tasks.connections import redis_client
+from tasks.jobs import JobStore
+from tasks.liveness import Liveness, Requeued
+from tasks.publisher import EventPublisher
+from tasks.settings import Settings
+from workers.base import Backend, create_backend
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Per-process state of a worker; one instance, shared by every task thread."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.env = env
+        self.redis = redis_client(settings.redis_url)
+        self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl)
+        self.publisher = EventPublisher(self.redis)
+        self.liveness = Liveness(self.redis)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.active: set[str] = set()
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+        self._heartbeat: Heartbeat | None = None
+
+    def backend(self, kind: str) -> Backend:
+        """The backend for `kind`, created once per process."""
+        with self._lock:
+            if kind not in self._backends:
+                self._backends[kind] = create_backend(kind, self.env)
+            return self._backends[kind]
+
+    def start_heartbeat(
+        self, queues: list[str], info: dict[str, str], requeue: Callable[[Requeued], None]
+    ) -> None:
+        """Announce this worker on `queues` and keep announcing until `stop`."""
+        self._heartbeat = Heartbeat(self, queues, info, requeue)
+        self._heartbeat.beat()
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        """Clean shutdown: stop beating and tell readers at once that we are gone."""
+        if self._heartbeat:
+            self._heartbeat.stop()
+
+
+class Heartbeat(threading.Thread):
+    """Beats every `heartbeat_interval`; each beat may also run one reaper pass."""
+
+    def __init__(
+        self,
+        rt: WorkerRuntime,
+        queues: list[str],
+        info: dict[str, str],
+        requeue: Callable[[Requeued], None],
+    ) -> None:
+        super().__init__(name="router-heartbeat", daemon=True)
+        self.rt, self.queues, self.info, self.requeue = rt, queues, info, requeue
+        self._stopped = threading.Event()
+
+    def beat(self) -> None:
+        rt = self.rt
+        info = {**self.info, "active": str(len(rt.active))}
+        rt.liveness.beat(rt.worker_id, rt.settings.heartbeat_ttl, self.queues, info)
+
+    def reap(self) -> None:
+        rt = self.rt
+        if not rt.liveness.try_lock(rt.worker_id, rt.settings.heartbeat_interval):
+            return
+        for job in rt.liveness.reap():
+            log.warning("job %s: worker lost, redelivering as attempt %d", job.job_id, job.attempt)
+            self.requeue(job)
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.rt.settings.heartbeat_interval):
+            try:
+                self.beat()
+                self.reap()
+            except redis.RedisError as exc:
+                # Redis unreachable: readers will see us expire; keep trying each interval.
+                log.warning("heartbeat: %s", exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        try:
+            self.rt.liveness.goodbye(self.rt.worker_id, self.queues)
+        except redis.RedisError as exc:
+            log.warning("goodbye not sent (%s); heartbeat will expire instead", exc)
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> WorkerRuntime:
+    """The process's runtime, created on first use from the environment."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = WorkerRuntime(Settings.from_env(os.environ), os.environ)
+    return _runtime

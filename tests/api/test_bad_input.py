@@ -1,0 +1,155 @@
+"""Bad input gets an OpenAI-shaped error with the right status, and nothing breaks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from registry.crud import add_backend, add_model
+
+GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+def error_of(resp, status: int) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json_is_400(client) -> None:
+    err = error_of(client.post("/v1/chat/completions", data=b"{not json"), 400)
+    assert err["type"] == "invalid_request_error"
+    assert "JSON" in err["message"]
+
+
+def test_empty_body_and_non_object_are_400(client) -> None:
+    error_of(client.post("/v1/chat/completions", data=b""), 400)
+    error_of(client.post("/v1/chat/completions", data=b"[1, 2]"), 400)
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"messages": None}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages.[0].content"),
+        ({"messages": [{"role": "user", "content": 7}]}, "messages.[0].content"),
+        ({"model": ""}, "model"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": "ten"}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stream": "yes"}, "stream"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"n": 3}, "n"),
+    ],
+)
+def test_invalid_fields_are_400_with_param(client, patch: dict, param: str) -> None:
+    body = {k: v for k, v in {**GOOD, **patch}.items() if v is not None}
+    err = error_of(client.post("/v1/chat/completions", json=body), 400)
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+
+
+def test_unknown_model_is_404_model_not_found(client) -> None:
+    err = error_of(client.post("/v1/chat/completions", json={**GOOD, "model": "gpt-9"}), 404)
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "gpt-9" in err["message"]
+    error_of(client.get("/v1/models/gpt-9"), 404)
+
+
+def test_model_of_disabled_backend_is_404_naming_the_key(client) -> None:
+    err = error_of(client.post("/v1/chat/completions", json={**GOOD, "model": "gpt-4o-mini"}), 404)
+    assert err["code"] == "model_not_found"
+    assert "OPENAI_API_KEY" in err["message"]
+
+
+def test_body_over_the_limit_is_413(app, client) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    big = {**GOOD, "messages": [{"role": "user", "content": "x" * 4096}]}
+    err = error_of(client.post("/v1/chat/completions", json=big), 413)
+    assert err["code"] == "request_too_large"
+
+
+def test_unknown_job_is_404(client) -> None:
+    for method in (client.get, client.delete):
+        err = error_of(method("/v1/jobs/job_0000"), 404)
+        assert err["code"] == "job_not_found"
+
+
+def test_unknown_route_and_wrong_method(client) -> None:
+    error_of(client.get("/v1/nothing-here"), 404)
+    error_of(client.put("/v1/chat/completions", json=GOOD), 405)
+
+
+def test_model_with_no_live_worker_is_503_after_a_bounded_wait(client, engine) -> None:
+    add_backend(engine, "nobody-home", "local", queue="nobody-home")
+    add_model(engine, "orphan-model", "nobody-home", upstream="x")
+    for path in ("/v1/chat/completions", "/v1/jobs"):
+        started = time.monotonic()
+        resp = client.post(path, json={**GOOD, "model": "orphan-model"})
+        waited = time.monotonic() - started
+        err = error_of(resp, 503)
+        assert err["code"] == "no_worker_available"
+        assert "nobody-home" in err["message"]
+        assert resp.headers["Retry-After"] == "1"
+        assert 1.0 <= waited < 5.0  # WORKER_WAIT is 1 s in these tests
+
+
+def test_request_id_is_echoed_or_made(client) -> None:
+    assert (
+        client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    made = client.get("/healthz", headers={"x-request-id": "bad id <script>"}).headers[
+        "x-request-id"
+    ]
+    assert made.startswith("req_")
+
+
+def test_admin_answers_loopback_only_without_a_key(client) -> None:
+    assert client.get("/admin/workers").status_code == 200
+    err = error_of(client.get("/admin/workers", environ_overrides={"REMOTE_ADDR": "10.1.2.3"}), 403)
+    assert err["type"] == "permission_error"
+
+
+def test_admin_requires_the_bearer_key_when_set(app, client) -> None:
+    app.config["ADMIN_KEY"] = "s3cret"
+    err = error_of(client.get("/admin/backends"), 401)
+    assert err["type"] == "authentication_error"
+    error_of(client.get("/admin/backends", headers={"Authorization": "Bearer nope"}), 401)
+    ok = client.get("/admin/backends", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    names = {b["name"] for b in ok.get_json()["data"]}
+    assert {"local", "openai", "anthropic", "llm-d"} <= names
+    remote = client.get(
+        "/admin/backends",
+        headers={"Authorization": "Bearer s3cret"},
+        environ_overrides={"REMOTE_ADDR": "10.1.2.3"},
+    )
+    assert remote.status_code == 200
+
+
+def test_service_keeps_serving_after_bad_requests(client) -> None:
+    for _ in range(3):
+        client.post("/v1/chat/completions", data=b"\xff\xfe garbage")
+    ok = client.post("/v1/chat/completions", json=GOOD)
+    assert ok.status_code == 200
+    assert ok.get_json()["object"] == "chat.completion"
+
+
+def test_health_and_readiness(client) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ok" and ready["redis"] == "ok" and ready["database"] == "ok"
+    assert ready["workers"]["local-mps"] >= 1

@@ -1,0 +1,125 @@
+"""Job state transitions in Redis: each Lua script against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tasks import keys
+from tasks.events import StreamEvent, token_fields
+from tasks.jobs import IdempotencyConflict, JobStore
+from tasks.keys import Event, JobStatus
+
+
+def events(r, job_id: str = "job_1") -> list[StreamEvent]:
+    return [StreamEvent.decode(i, f) for i, f in r.xrange(keys.events_key(job_id))]
+
+
+def finish(store: JobStore, job_id: str, attempt: int, worker: str, status: str) -> int:
+    args = [str(attempt), worker, status, "60", job_id, "type", "done", "finish_reason", "stop"]
+    args += ["usage", '{"prompt_tokens": 1, "completion_tokens": 1}']
+    k = [keys.job_key(job_id), keys.events_key(job_id), keys.worker_jobs_key(worker)]
+    return int(store.finish_script(keys=k, args=args))
+
+
+def test_create_then_claim_returns_the_request(r, make_job) -> None:
+    store = JobStore(r, job_ttl=60)
+    job = make_job()
+    assert store.create(job, "local-mps") == "job_1"
+    rec = store.record("job_1")
+    assert rec and rec.status is JobStatus.QUEUED and rec.queue == "local-mps"
+    assert 0 < r.ttl(keys.job_key("job_1")) <= 120
+    claim = store.claim("job_1", 1, "w1")
+    assert claim.outcome == "ok" and claim.job == job
+    assert claim.job.sampling.stop == ("x",)
+    assert store.record("job_1").status is JobStatus.RUNNING
+    assert r.smembers(keys.worker_jobs_key("w1")) == {"job_1"}
+
+
+def test_second_delivery_of_a_running_attempt_is_a_duplicate(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    assert store.claim("job_1", 1, "w1").outcome == "ok"
+    assert store.claim("job_1", 1, "w2").outcome == "duplicate"
+    assert store.claim("job_1", 2, "w2").outcome == "stale"
+    assert store.claim("job_nope", 1, "w2").outcome == "missing"
+
+
+def test_finished_job_drops_late_deliveries(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    store.claim("job_1", 1, "w1")
+    assert finish(store, "job_1", 1, "w1", "succeeded") == 1
+    assert store.claim("job_1", 1, "w2").outcome == "finished"
+    assert r.ttl(keys.job_key("job_1")) <= 60
+    assert r.smembers(keys.worker_jobs_key("w1")) == set()
+
+
+def test_cancel_while_queued_ends_the_job_and_the_claim_sees_it(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    assert store.cancel("job_1") is JobStatus.CANCELLED
+    assert [e.type for e in events(r)] == [Event.CANCELLED]
+    assert store.claim("job_1", 1, "w1").outcome == "finished"
+    assert store.cancel("job_1") is JobStatus.CANCELLED
+    assert store.cancel("job_missing") is None
+
+
+def test_cancel_while_running_flags_it_for_the_worker(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    store.claim("job_1", 1, "w1")
+    assert store.cancel("job_1") is JobStatus.RUNNING
+    assert store.record("job_1").cancel_requested
+    assert r.hget(keys.job_key("job_1"), "cancel") == "1"
+
+
+def test_redelivered_attempt_writes_restart_and_fences_the_old_one(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    first = store.claim("job_1", 1, "w1")
+    r.xadd(keys.events_key("job_1"), token_fields(0, "old"), id=f"{first.token_base}-0")
+    # the reaper's move: attempt 2, queued again
+    r.hset(keys.job_key("job_1"), mapping={"attempt": "2", "status": "queued", "worker": ""})
+    second = store.claim("job_1", 2, "w2")
+    assert second.outcome == "ok" and second.token_base > first.token_base
+    r.xadd(keys.events_key("job_1"), token_fields(0, "new"), id=f"{second.token_base}-0")
+    with pytest.raises(Exception, match="equal or smaller"):  # the zombie's next token
+        r.xadd(keys.events_key("job_1"), token_fields(1, "late"), id=f"{first.token_base}-1")
+    assert finish(store, "job_1", 1, "w1", "succeeded") == 0  # the zombie cannot finish
+    assert finish(store, "job_1", 2, "w2", "succeeded") == 1
+    kinds = [e.type for e in events(r)]
+    assert kinds == [Event.TOKEN, Event.RESTART, Event.TOKEN, Event.DONE]
+    snap = store.snapshot("job_1")
+    assert snap and snap[1].text == "new" and snap[1].restarts == 1
+
+
+def test_claim_after_cancel_of_a_requeued_job_is_cancelled(r, make_job) -> None:
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    store.claim("job_1", 1, "w1")
+    store.cancel("job_1")
+    r.hset(keys.job_key("job_1"), mapping={"attempt": "2", "status": "queued", "worker": ""})
+    assert store.claim("job_1", 2, "w2").outcome == "cancelled"
+    assert store.record("job_1").status is JobStatus.CANCELLED
+
+
+def test_idempotency_key_returns_the_first_job_or_conflicts(r, make_job) -> None:
+    store = JobStore(r)
+    assert store.create(make_job("job_a"), "q", idempotency_key="k", digest="d1") == "job_a"
+    assert store.create(make_job("job_b"), "q", idempotency_key="k", digest="d1") == "job_a"
+    assert not r.exists(keys.job_key("job_b"))
+    with pytest.raises(IdempotencyConflict):
+        store.create(make_job("job_c"), "q", idempotency_key="k", digest="d2")
+
+
+def test_read_blocks_then_returns_new_events(r) -> None:
+    store = JobStore(r)
+    started = time.monotonic()
+    assert store.read("job_1", "0-0", 200) == []
+    assert time.monotonic() - started >= 0.19
+    r.xadd(keys.events_key("job_1"), token_fields(0, "a"))
+    got = store.read("job_1", "0-0", 200)
+    assert [(e.type, e.delta) for e in got] == [(Event.TOKEN, "a")]
+    assert store.read("job_1", got[-1].id, 50) == []

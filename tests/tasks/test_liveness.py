@@ -1,0 +1,51 @@
+"""Heartbeats, live counts and the reaper, against a real Redis and its clock."""
+
+from __future__ import annotations
+
+import time
+
+from tasks import keys
+from tasks.jobs import JobStore
+from tasks.keys import JobStatus
+from tasks.liveness import Liveness, Requeued
+
+
+def test_live_counts_follow_heartbeats_and_goodbye(r) -> None:
+    lv = Liveness(r)
+    assert lv.live_counts(["a", "b"]) == {"a": 0, "b": 0}
+    lv.beat("w1", 0.5, ["a", "b"], {"pid": "1"})
+    lv.beat("w2", 5, ["a"], {"pid": "2"})
+    assert lv.live_counts(["a", "b"]) == {"a": 2, "b": 1}
+    time.sleep(0.6)
+    assert lv.live_counts(["a", "b"]) == {"a": 1, "b": 0}
+    lv.goodbye("w2", ["a"])
+    assert lv.live_counts(["a"]) == {"a": 0}
+    ids = {w["id"]: w for w in lv.workers()}
+    assert ids["w1"]["pid"] == "1" and ids["w1"]["queues"] == "a,b"
+
+
+def test_reaper_requeues_only_the_dead_workers_running_jobs(r, make_job) -> None:
+    store, lv = JobStore(r), Liveness(r)
+    for job_id in ("job_dead", "job_alive", "job_done"):
+        store.create(make_job(job_id), "q")
+    lv.beat("dead", 0.2, ["q"], {})
+    lv.beat("alive", 30, ["q"], {})
+    store.claim("job_dead", 1, "dead")
+    store.claim("job_done", 1, "dead")
+    r.hset(keys.job_key("job_done"), "status", "succeeded")
+    store.claim("job_alive", 1, "alive")
+    assert lv.reap() == []  # nobody expired yet
+    time.sleep(0.3)
+    assert lv.reap() == [Requeued("job_dead", "q", 2)]
+    rec = store.record("job_dead")
+    assert rec and rec.status is JobStatus.QUEUED and rec.attempt == 2 and rec.worker == ""
+    assert store.record("job_alive").status is JobStatus.RUNNING
+    assert not r.exists(keys.worker_key("dead"), keys.worker_jobs_key("dead"))
+    assert lv.reap() == []  # forgotten after one pass
+    assert store.claim("job_dead", 2, "alive").outcome == "ok"
+
+
+def test_reaper_lock_lets_one_pass_through(r) -> None:
+    lv = Liveness(r)
+    assert lv.try_lock("a", 1.0)
+    assert not lv.try_lock("b", 1.0)

@@ -1,0 +1,30 @@
+"""The worker pool follows the queues so the bare `celery -A tasks worker -Q ...` is right."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.pools import pool_for_argv, pool_for_queues
+
+
+@pytest.mark.parametrize(
+    ("argv", "pool"),
+    [
+        (["celery", "-A", "tasks", "worker", "-Q", "local-mps"], "threads"),
+        (["celery", "-A", "tasks", "worker"], "threads"),
+        (["celery", "-A", "tasks", "worker", "-Q", "openai,anthropic,google"], "gevent"),
+        (["celery", "-A", "tasks", "worker", "--queues=llm-d"], "gevent"),
+        (["celery", "-A", "tasks", "worker", "-Qopenai"], "gevent"),
+        (["celery", "-A", "tasks", "worker", "-Q", "openai,local-mps"], "threads"),
+        (["celery", "-A", "tasks", "worker", "-Q", "openai", "-P", "threads"], "threads"),
+        (["celery", "-A", "tasks", "worker", "-Q", "local-mps", "--pool=solo"], "solo"),
+        (["gunicorn", "api:create_app()"], "threads"),
+    ],
+)
+def test_pool_for_argv(argv: list[str], pool: str) -> None:
+    assert pool_for_argv(argv) == pool
+
+
+def test_custom_queues_are_treated_as_local() -> None:
+    assert pool_for_queues(["my-gpu-box"]) == "threads"
+    assert pool_for_queues([]) == "threads"

@@ -1,0 +1,167 @@
+"""The local backend on the real SmolLM2 model, in-process (no queue)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.errors import ContextLengthExceeded, InvalidRequestError
+from workers.local import LocalBackend, _Decoder, default_model_ref, dtype_for, pick_device
+from workers.protocol import ChatJob, Chunk, Done, Sampling
+
+
+@pytest.fixture(scope="module")
+def backend() -> LocalBackend:
+    return LocalBackend.from_env(os.environ)
+
+
+def job(content: str = "What is the capital of France?", **sampling) -> ChatJob:  # type: ignore[no-untyped-def]
+    return ChatJob(
+        id="job_x",
+        model="smollm2-135m",
+        backend="local",
+        kind="local",
+        upstream_model="smollm2-135m",
+        messages=[{"role": "user", "content": content}],
+        sampling=Sampling(**sampling),
+    )
+
+
+def run(backend: LocalBackend, j: ChatJob) -> tuple[str, Done]:
+    parts, done = [], None
+    for item in backend.stream(j):
+        if isinstance(item, Chunk):
+            parts.append(item.delta)
+        else:
+            done = item
+    assert done is not None
+    return "".join(parts), done
+
+
+def test_default_model_is_the_wheel_gguf() -> None:
+    ref = Path(default_model_ref())
+    assert ref.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and ref.is_file()
+
+
+def test_device_and_dtype_choice() -> None:
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("mps", "cuda", "cpu")
+    assert dtype_for("cpu").is_floating_point and dtype_for("mps") != dtype_for("cpu")
+
+
+def test_greedy_answer_is_real_and_repeatable(backend: LocalBackend) -> None:
+    text, done = run(backend, job(temperature=0, max_tokens=24))
+    assert "Paris" in text
+    assert done.finish_reason == "stop"
+    assert done.usage.prompt_tokens == len(backend.prompt_ids(job()))
+    assert run(backend, job(temperature=0, max_tokens=24)) == (text, done)
+
+
+def test_max_tokens_ends_with_length(backend: LocalBackend) -> None:
+    text, done = run(backend, job("Tell me a long story.", temperature=0, max_tokens=6))
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 6
+    assert text
+
+
+def test_stop_strings_are_excluded_even_across_tokens(backend: LocalBackend) -> None:
+    full, _ = run(backend, job(temperature=0, max_tokens=24))
+    stop = full[full.index("Paris") + 1 : full.index("Paris") + 4]  # "ari": inside a token
+    text, done = run(backend, job(temperature=0, max_tokens=24, stop=(stop,)))
+    assert text == full[: full.index(stop)]
+    assert done.finish_reason == "stop"
+
+
+def test_seed_makes_sampling_repeatable(backend: LocalBackend) -> None:
+    a = run(backend, job("Name a fruit.", temperature=1.0, seed=5, max_tokens=12))
+    assert run(backend, job("Name a fruit.", temperature=1.0, seed=5, max_tokens=12)) == a
+    others = {
+        run(backend, job("Name a fruit.", temperature=1.0, seed=s, max_tokens=12))[0]
+        for s in range(6, 10)
+    }
+    assert others - {a[0]}
+
+
+def test_penalties_and_top_p_are_accepted(backend: LocalBackend) -> None:
+    _, done = run(
+        backend,
+        job(
+            temperature=0.7,
+            top_p=0.5,
+            seed=1,
+            max_tokens=10,
+            presence_penalty=1.5,
+            frequency_penalty=1.5,
+        ),
+    )
+    assert done.usage.completion_tokens <= 10
+
+
+def test_prompt_over_the_context_window_is_rejected_before_generation(
+    backend: LocalBackend,
+) -> None:
+    with pytest.raises(ContextLengthExceeded) as err:
+        next(iter(backend.stream(job("word " * 9000))))
+    assert err.value.status_code == 400 and err.value.code == "context_length_exceeded"
+
+
+def test_non_text_parts_are_rejected(backend: LocalBackend) -> None:
+    image = ChatJob.from_dict(
+        {
+            **job().to_dict(),
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:,"}},
+                    ],
+                }
+            ],
+        }
+    )
+    with pytest.raises(InvalidRequestError):
+        next(iter(backend.stream(image)))
+
+
+def test_text_parts_and_developer_role_are_understood(backend: LocalBackend) -> None:
+    # SmolLM2's template adds this system prompt when none is given, so sending it as a
+    # `developer` turn, with the question as a text part, must give the same prompt.
+    default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    question = "What is the capital of France?"
+    parts = ChatJob.from_dict(
+        {
+            **job().to_dict(),
+            "messages": [
+                {"role": "developer", "content": default},
+                {"role": "user", "content": [{"type": "text", "text": question}]},
+            ],
+        }
+    )
+    assert backend.prompt_ids(parts) == backend.prompt_ids(job(question))
+
+
+def test_closing_the_stream_stops_generation(backend: LocalBackend) -> None:
+    stream: Iterator[Chunk | Done] = backend.stream(job("Count to one hundred.", max_tokens=200))
+    first = next(stream)
+    assert isinstance(first, Chunk)
+    stream.close()  # type: ignore[attr-defined]
+    with pytest.raises(StopIteration):
+        next(stream)
+
+
+def test_decoder_holds_back_a_possible_stop_prefix() -> None:
+    class Chars:  # a tokenizer whose token ids are character codes
+        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+            return "".join(map(chr, ids))
+
+    d = _Decoder(Chars(), ("END",), [])
+    out = [d.push(ord(c)) for c in "abcEN"]
+    assert "".join(t for t, _ in out) == "abc"  # "EN" might start "END"
+    assert d.push(ord("D")) == ("", True)
+    d2 = _Decoder(Chars(), ("END",), [])
+    for c in "xEN":
+        d2.push(ord(c))
+    assert d2.push(ord("x")) == ("ENx", False)

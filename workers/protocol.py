@@ -1,0 +1,130 @@
+"""What crosses the queue and the token stream: ChatJob in, Chunk / Done / ErrorInfo out.
+
+Free of Flask, Celery and Redis so that every layer (api, tasks, workers) can share it.
+Everything here round-trips through plain JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """OpenAI sampling fields a backend honours; None means the backend's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sampling:
+        return cls(**{**data, "stop": tuple(data.get("stop") or ())})
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """One chat completion as a worker sees it.
+
+    `upstream_model` is the name the backend knows; `model` the public id the client
+    asked for. `api_key_env` names the environment variable holding the key: the key
+    itself never travels. `extra` carries pass-through request fields (tools,
+    response_format, ...) for backends that understand them.
+    """
+
+    id: str
+    model: str
+    backend: str
+    kind: str
+    upstream_model: str
+    messages: list[dict[str, Any]]
+    sampling: Sampling = field(default_factory=Sampling)
+    extra: dict[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    created: float = field(default_factory=time.time)
+    deadline: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sampling"]["stop"] = list(self.sampling.stop)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChatJob:
+        data = dict(data)
+        data["sampling"] = Sampling.from_dict(data.get("sampling") or {})
+        return cls(**data)
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the job's absolute deadline has passed."""
+        return self.deadline is not None and (now or time.time()) >= self.deadline
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of generated text, in order."""
+
+    delta: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as OpenAI reports them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a successful generation: why it stopped and what it cost."""
+
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """An error in OpenAI's shape plus the HTTP status the client should see."""
+
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+    status: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(**data)
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
