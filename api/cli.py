@@ -8,7 +8,6 @@ irouter init                          (create and seed the registry database)
 from __future__ import annotations
 
 import os
-import time
 
 import click
 from dotenv import load_dotenv
@@ -55,11 +54,12 @@ def agents(as_json: bool) -> None:
     from tasks.liveness import Liveness
     from tasks.settings import Settings
 
-    workers = Liveness(redis_client(Settings.from_env(os.environ).redis_url)).workers()
+    liveness = Liveness(redis_client(Settings.from_env(os.environ).redis_url))
+    workers = liveness.workers()
     if as_json:
         click.echo(orjson.dumps(workers, option=orjson.OPT_INDENT_2).decode())
         return
-    now = time.time()
+    now = liveness.server_time()
     click.echo(f"{'WORKER':40} {'QUEUES':24} {'POOL':8} {'ACTIVE':>6}  STATE")
     for w in workers:
         state = "alive" if float(w["alive_until"]) > now else "dead"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from tasks.pools import patch_if_gevent
+from tasks.pools import reexec_for_gevent
 
-patch_if_gevent(sys.argv)  # before anything opens a socket; see tasks/pools.py
+reexec_for_gevent(sys.argv)  # before anything opens a socket; see tasks/pools.py
 
 from celery import Celery  # noqa: E402
 

@@ -40,8 +40,9 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = int(_settings.request_timeout) + 30
 task_time_limit = int(_settings.request_timeout) + 60
 
-worker_pool = pool_for_argv(sys.argv)
-worker_concurrency = _settings.concurrency or DEFAULT_CONCURRENCY.get(worker_pool, 4)
+# threads for the bare local command; provider-only workers re-exec with -P gevent (pools.py)
+worker_pool = "threads"
+worker_concurrency = _settings.concurrency or DEFAULT_CONCURRENCY.get(pool_for_argv(sys.argv), 4)
 worker_hijack_root_logger = True
 worker_send_task_events = _settings.task_events
 task_send_sent_event = _settings.task_events

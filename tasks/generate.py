@@ -1,7 +1,8 @@
 """The one task, how jobs are put on their queue, and the worker lifecycle hooks.
 
-`worker_init` loads the backends a worker's queues need (the local model, once) and then
-starts the heartbeat, so a worker is announced only when it can serve.
+`celeryd_after_setup` (logging is up, consuming has not begun) loads the backends a worker's
+queues need (the local model, once) and then starts the heartbeat, so a worker is
+announced only when it can serve.
 """
 
 from __future__ import annotations
@@ -34,20 +35,21 @@ def _requeue(job: Requeued) -> None:
     enqueue(app, job.job_id, job.attempt, job.queue)
 
 
-@signals.worker_init.connect
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    queues = sorted(sender.app.amqp.queues.consume_from or ["celery"])
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(instance: Any = None, **_: Any) -> None:
+    worker = instance
+    queues = sorted(worker.app.amqp.queues.consume_from or ["celery"])
     rt = runtime()
     if any(q not in PROVIDER_QUEUES for q in queues):
         started = time.monotonic()
         rt.backend("local")  # load the model now, not on the first request
         log.info("local model ready in %.1fs", time.monotonic() - started)
-    pool = getattr(sender.pool_cls, "__module__", "").rsplit(".", 1)[-1]
+    pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
     info = {
         "hostname": socket.gethostname(),
         "pid": str(os.getpid()),
         "pool": pool,
-        "concurrency": str(sender.concurrency),
+        "concurrency": str(worker.concurrency),
         "started": f"{time.time():.3f}",
     }
     rt.start_heartbeat(queues, info, _requeue)

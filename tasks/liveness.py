@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -64,6 +64,11 @@ class Liveness:
             return {}
         counts = self._live(keys=[keys.queue_workers_key(q) for q in names])
         return dict(zip(names, (int(c) for c in counts), strict=True))
+
+    def server_time(self) -> float:
+        """Redis's clock, the one every `alive_until` is measured against."""
+        seconds, micros = cast(Any, self.redis.time())
+        return float(seconds) + float(micros) / 1e6
 
     def workers(self) -> list[dict[str, str]]:
         """What every registered worker announced, with `alive_until` (server time)."""

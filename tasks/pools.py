@@ -3,12 +3,16 @@
     celery -A tasks worker -Q local-mps                  -> threads (torch releases the GIL)
     celery -A tasks worker -Q openai,anthropic,google    -> gevent  (I/O-bound, 1000 streams)
 
-An explicit `-P/--pool` always wins. gevent must monkey-patch before sockets and threads
-exist, which is why Celery itself reads `-P` from argv; we do the same for `-Q`.
+An explicit `-P/--pool` always wins. gevent must monkey-patch before any socket or thread
+exists, and Celery does that only for a `-P gevent` on the command line; so a worker whose
+queues imply gevent re-executes itself once with `-P gevent` added, before it has opened
+anything, and Celery patches it properly.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from tasks.keys import LOCAL_QUEUE, PROVIDER_QUEUES
@@ -44,10 +48,17 @@ def pool_for_argv(argv: Sequence[str]) -> str:
     return pool_for_queues(queues.split(","))
 
 
-def patch_if_gevent(argv: Sequence[str]) -> None:
-    """Monkey-patch for gevent when the command line implies it and Celery will not."""
+def gevent_argv(argv: Sequence[str]) -> list[str] | None:
+    """The command line to re-run with `-P gevent`, when the queues imply it and no pool
+    was given; None otherwise."""
     implied = "worker" in argv and _option(argv, "-P", "--pool") is None
     if implied and pool_for_argv(argv) == "gevent":
-        from gevent import monkey
+        return [sys.executable, "-m", "celery", *argv[1:], "-P", "gevent"]
+    return None
 
-        monkey.patch_all()
+
+def reexec_for_gevent(argv: Sequence[str]) -> None:
+    """Replace this process with the same worker command plus `-P gevent`, if implied."""
+    again = gevent_argv(argv)
+    if again is not None:
+        os.execv(again[0], again)

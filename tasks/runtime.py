@@ -1,7 +1,7 @@
 """What a worker process holds for its whole life: Redis clients, the job store, the event
 publisher, the heartbeat and the backends (a local model is loaded once, here).
 
-Built on first use or at `worker_init`, never at import.
+Built on first use or when the worker starts, never at import.
 """
 
 from __future__ import annotations

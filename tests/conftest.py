@@ -68,12 +68,10 @@ class Stack:
         """True once the worker process `pid` has a live heartbeat in Redis."""
         from tasks.liveness import Liveness
 
-        client = self.redis()
-        seconds, micros = client.time()
-        now = seconds + micros / 1e6
+        liveness = Liveness(self.redis())
+        now = liveness.server_time()
         return any(
-            w.get("pid") == str(pid) and float(w["alive_until"]) > now
-            for w in Liveness(client).workers()
+            w.get("pid") == str(pid) and float(w["alive_until"]) > now for w in liveness.workers()
         )
 
 
@@ -108,10 +106,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     wait_until(lambda: _pings(url), 15, "redis-server", tmp / "redis.log")
     init_db(make_engine(db_url), env)
     yield s
-    for proc in reversed(s.procs):
+    for proc in reversed(s.procs):  # API and workers first, Redis last
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in s.procs:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 512
+# When a request leaves them out: SmolLM2's recommended sampling. OpenAI's own default
+# (temperature 1) makes a 135M model ramble; Ollama likewise applies the model's defaults.
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_TOP_P = 0.9
 
 
 def default_model_ref() -> str:
@@ -147,8 +151,16 @@ class _Decoder:
 class LocalBackend:
     """A transformers causal LM that streams OpenAI-style chat completions."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+    ) -> None:
         self.model = model
+        self.defaults = (temperature, top_p)
         self.tokenizer = tokenizer
         self.device = device
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -161,7 +173,8 @@ class LocalBackend:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LocalBackend:
-        """Load LOCAL_MODEL (default: SmolLM2 GGUF) on LOCAL_DEVICE (default: auto)."""
+        """Load LOCAL_MODEL (default: SmolLM2 GGUF) on LOCAL_DEVICE (default: auto); sampling
+        defaults for requests that set none come from LOCAL_TEMPERATURE and LOCAL_TOP_P."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         ref = env.get("LOCAL_MODEL") or default_model_ref()
@@ -172,7 +185,9 @@ class LocalBackend:
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype_for(device))
         model = model.to(device).eval()
         log.info("local model %s on %s (%s)", ref, device, model.dtype)
-        return cls(model, tokenizer, device)
+        temperature = float(env.get("LOCAL_TEMPERATURE", DEFAULT_TEMPERATURE))
+        top_p = float(env.get("LOCAL_TOP_P", DEFAULT_TOP_P))
+        return cls(model, tokenizer, device, temperature, top_p)
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
         """Apply the model's chat template to the job's messages."""
@@ -184,6 +199,7 @@ class LocalBackend:
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
         """Generate token by token; closing the iterator stops at once and frees the cache."""
+        _reject_unsupported(job)
         prompt = self.prompt_ids(job)
         room = self.context_window - len(prompt)
         if room <= 0:
@@ -195,7 +211,7 @@ class LocalBackend:
         params = job.sampling
         budget = min(params.max_tokens or DEFAULT_MAX_TOKENS, room)
         decoder = _Decoder(self.tokenizer, params.stop, [])
-        sampler = _Sampler(params, self.model.config.vocab_size)
+        sampler = _Sampler(params, self.model.config.vocab_size, *self.defaults)
         finish, produced, stopped = "length", 0, False
         for token_id in self._tokens(prompt, budget, sampler):
             produced += 1
@@ -228,9 +244,9 @@ class LocalBackend:
 class _Sampler:
     """OpenAI sampling on the last logits: penalties, temperature (0 = greedy), top_p, seed."""
 
-    def __init__(self, params: Sampling, vocab: int) -> None:
-        self.temperature = 1.0 if params.temperature is None else params.temperature
-        self.top_p = 1.0 if params.top_p is None else params.top_p
+    def __init__(self, params: Sampling, vocab: int, temperature: float, top_p: float) -> None:
+        self.temperature = temperature if params.temperature is None else params.temperature
+        self.top_p = top_p if params.top_p is None else params.top_p
         self.presence = params.presence_penalty or 0.0
         self.frequency = params.frequency_penalty or 0.0
         self.counts = torch.zeros(vocab) if (self.presence or self.frequency) else None
@@ -261,6 +277,28 @@ class _Sampler:
             keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+#: request fields a plain local model cannot honour, and the values that are harmless
+_UNSUPPORTED = {
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "prediction": (None,),
+}
+
+
+def _reject_unsupported(job: ChatJob) -> None:
+    """A clear 400 instead of silently ignoring a feature the client relies on."""
+    for name, harmless in _UNSUPPORTED.items():
+        if job.extra.get(name) not in harmless:
+            raise InvalidRequestError(
+                f"The model `{job.model}` does not support `{name}`.", param=name
+            )
 
 
 def _plain_message(message: Mapping[str, Any], model: str) -> dict[str, str]:

@@ -151,3 +151,25 @@ def test_image_parts_are_rejected_by_a_text_only_model(openai_client) -> None:
             model="smollm2-135m", messages=[{"role": "user", "content": [image]}]
         )
     assert err.value.response.json()["error"]["param"] == "messages"
+
+
+def test_registry_changes_show_without_a_restart(openai_client, stack) -> None:
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    irouter = [str(Path(sys.executable).parent / "irouter"), "models"]
+    env = {**stack.env}
+    add = [*irouter, "add", "smol-live", "--backend", "local", "--upstream", "smollm2-135m"]
+    subprocess.run(add, env=env, check=True, capture_output=True)
+    time.sleep(1.2)  # the API re-reads the registry once a second
+    assert "smol-live" in {m.id for m in openai_client.models.list()}
+    reply = openai_client.chat.completions.create(
+        model="smol-live", messages=QUESTION, temperature=0, max_tokens=4
+    )
+    assert reply.model == "smol-live" and reply.choices[0].message.content
+    subprocess.run([*irouter, "remove", "smol-live"], env=env, check=True, capture_output=True)
+    time.sleep(1.2)
+    with pytest.raises(NotFoundError):
+        openai_client.chat.completions.create(model="smol-live", messages=QUESTION)

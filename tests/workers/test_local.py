@@ -165,3 +165,26 @@ def test_decoder_holds_back_a_possible_stop_prefix() -> None:
     for c in "xEN":
         d2.push(ord(c))
     assert d2.push(ord("x")) == ("ENx", False)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"logprobs": True},
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+def test_features_a_local_model_lacks_are_refused_clearly(
+    backend: LocalBackend, extra: dict
+) -> None:
+    unsupported = ChatJob.from_dict({**job().to_dict(), "extra": extra})
+    with pytest.raises(InvalidRequestError) as err:
+        next(iter(backend.stream(unsupported)))
+    assert err.value.param == next(iter(extra))
+
+
+def test_harmless_values_of_those_fields_pass(backend: LocalBackend) -> None:
+    extra = {"logprobs": False, "response_format": {"type": "text"}, "tool_choice": "none"}
+    fine = ChatJob.from_dict({**job(max_tokens=2).to_dict(), "extra": extra})
+    assert run(backend, fine)[1].usage.completion_tokens <= 2

@@ -1,0 +1,112 @@
+"""Start the stack the way `make run` does, for benchmarks: redis-server, Celery workers
+and the API under gunicorn (gevent), as subprocesses on free ports in a temp directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """A throwaway stack; use as a context manager."""
+
+    def __init__(self, **env: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="irouter-bench-"))
+        self.redis_url = f"redis://127.0.0.1:{free_port()}/0"
+        self.api_url = ""
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": f"sqlite:///{self.tmp / 'router.db'}",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Stack:
+        from registry.db import init_db, make_engine
+        from tasks.redis_server import server_args
+
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        (self.tmp / "redis").mkdir()
+        self.spawn("redis", server_args(port, self.tmp / "redis"))
+        _wait(lambda: _pings(self.redis_url), 15, "redis")
+        init_db(make_engine(self.env["DATABASE_URL"]), self.env)
+        return self
+
+    def worker(self, queues: str = "local-mps", *extra: str) -> None:
+        """Start a worker and wait until it has announced itself."""
+        from tasks.liveness import Liveness
+
+        queue = queues.split(",")[0]
+        lv = Liveness(redis.Redis.from_url(self.redis_url, decode_responses=True))
+        before = lv.live_counts([queue])[queue]
+        args = [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", queues, "-l", "warning"]
+        self.spawn(f"worker-{len(self.procs)}", [*args, *extra])
+        _wait(lambda: lv.live_counts([queue])[queue] > before, 180, f"worker on {queues}")
+
+    def api(self, workers: int = 2) -> str:
+        """Start the API as the Procfile does; returns its base URL."""
+        port = free_port()
+        args = [str(BIN / "gunicorn"), "-k", "gevent", "-w", str(workers)]
+        args += ["--worker-connections", "2000", "-b", f"127.0.0.1:{port}", "api:create_app()"]
+        self.spawn("api", args)
+        self.api_url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _answers(self.api_url + "/healthz"), 30, "the API")
+        return self.api_url
+
+    def __exit__(self, *_: object) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
