@@ -12,6 +12,7 @@ import math
 import orjson
 import redis
 from flask import Flask, Response, g
+from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from workers.errors import RequestTooLargeError, RouterError, ServiceUnavailableError
@@ -46,7 +47,7 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(info)
 
 
-def _redis_down(exc: redis.ConnectionError | redis.TimeoutError) -> Response:
+def _redis_down(exc: Exception) -> Response:
     log.warning("redis unavailable: %s", exc)
     return _router_error(
         ServiceUnavailableError("The job queue is unavailable; retry shortly.", retry_after=1)
@@ -65,4 +66,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(redis.ConnectionError, _redis_down)
     app.register_error_handler(redis.TimeoutError, _redis_down)
+    app.register_error_handler(BrokerError, _redis_down)  # kombu's face of the same outage
     app.register_error_handler(Exception, _unexpected)

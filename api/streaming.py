@@ -18,6 +18,19 @@ from tasks.keys import Event
 from workers.errors import RouterError, UpstreamError
 
 DONE_LINE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from closing an idle stream
+
+
+def paced(events: Iterable[StreamEvent | None], interval: float) -> Iterator[StreamEvent | None]:
+    """Pass events through; of the idle ticks (None), let one through per `interval`."""
+    quiet_since = time.monotonic()
+    for event in events:
+        if event is not None:
+            quiet_since = time.monotonic()
+            yield event
+        elif time.monotonic() - quiet_since >= interval:
+            quiet_since = time.monotonic()
+            yield None
 
 
 def sse_data(body: Any) -> bytes:
@@ -93,17 +106,13 @@ def _chat_sse(
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse_data(chunk_body(cid, created, model, delta, finish, include_usage))
 
-    finished, resync, quiet_since = False, Resync(), time.monotonic()
+    finished, resync = False, Resync()
     try:
         yield chunk({"role": "assistant", "content": ""})
-        for event in events:
+        for event in paced(events, keepalive):
             if event is None:
-                if time.monotonic() - quiet_since >= keepalive:
-                    quiet_since = time.monotonic()
-                    yield b": keep-alive\n\n"
-                continue
-            quiet_since = time.monotonic()
-            if event.type is Event.TOKEN:
+                yield KEEPALIVE
+            elif event.type is Event.TOKEN:
                 text = resync.feed(event.delta)
                 if text:
                     yield chunk({"content": text})
@@ -132,16 +141,9 @@ def job_sse(
     service: ChatService, job_id: str, queue: str, deadline: float, after: str, keepalive: float
 ) -> Iterator[bytes]:
     """GET /v1/jobs/{id}/events: replay from `after`, then live, one frame per event."""
-    quiet_since = time.monotonic()
     yield b"retry: 1000\n\n"
     try:
-        for event in service.events(job_id, queue, deadline, after):
-            if event is None:
-                if time.monotonic() - quiet_since >= keepalive:
-                    quiet_since = time.monotonic()
-                    yield b": keep-alive\n\n"
-                continue
-            quiet_since = time.monotonic()
-            yield sse_event(event)
+        for event in paced(service.events(job_id, queue, deadline, after), keepalive):
+            yield KEEPALIVE if event is None else sse_event(event)
     except RouterError as exc:
         yield b"event: error\n" + sse_data(exc.info().body())

@@ -47,20 +47,33 @@ def _cancel_requested(ws: Any) -> bool:
 
 
 def pump(
-    ws: Any, service: ChatService, job_id: str, queue: str, deadline: float, after: str
+    ws: Any,
+    service: ChatService,
+    job_id: str,
+    queue: str,
+    deadline: float,
+    after: str,
+    owner: bool = False,
 ) -> None:
-    """Forward a job's events to the socket until the job ends; honour client cancels."""
+    """Forward a job's events to the socket until the job ends; honour client cancels.
+    The `owner` (the socket that created the job) cancels it if it goes away mid-job."""
+    ended = False
     try:
         for event in service.events(job_id, queue, deadline, after):
             if _cancel_requested(ws):
                 router().jobs.cancel(job_id)
             if event is None:
                 continue
+            ended = event.type.terminal
             _send(ws, {"type": event.type.value, "id": event.id, **event.payload()})
-            if event.type.terminal:
+            if ended:
                 return
     except RouterError as exc:
+        ended = True
         _send_error(ws, exc)
+    finally:
+        if owner and not ended:
+            router().jobs.cancel(job_id)
 
 
 @sock.route("/v1/jobs/<job_id>/ws", bp=bp)
@@ -94,4 +107,4 @@ def chat_socket(ws: Any) -> None:
             continue
         route = sub.route
         _send(ws, {"type": "job", "id": sub.job_id, "model": route.id, "backend": route.backend})
-        pump(ws, service, sub.job_id, route.queue, sub.deadline, "0-0")
+        pump(ws, service, sub.job_id, route.queue, sub.deadline, "0-0", owner=True)

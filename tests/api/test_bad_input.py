@@ -153,3 +153,32 @@ def test_health_and_readiness(client) -> None:
     ready = client.get("/readyz").get_json()
     assert ready["status"] == "ok" and ready["redis"] == "ok" and ready["database"] == "ok"
     assert ready["workers"]["local-mps"] >= 1
+
+
+def test_unreachable_redis_is_a_fast_503_and_the_app_recovers(stack, worker, tmp_path) -> None:
+    import subprocess
+
+    from api import create_app
+    from tasks.redis_server import server_args
+    from tests.conftest import free_port, wait_until
+
+    port = free_port()
+    down = create_app(
+        {
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "DATABASE_URL": stack.db_url,
+            "TESTING": True,
+        }
+    ).test_client()
+    started = time.monotonic()
+    err = error_of(down.post("/v1/chat/completions", json=GOOD), 503)
+    assert time.monotonic() - started < 2.0
+    assert err["code"] == "service_unavailable"
+    ready = down.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["redis"].startswith("error")
+    redis_proc = subprocess.Popen(server_args(port, tmp_path, aof=False), stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: down.get("/readyz").status_code == 200, 10, "recovery")
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)

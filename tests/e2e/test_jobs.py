@@ -196,6 +196,17 @@ def test_websocket_chat_streams_tokens_and_serves_several_requests(
         close(ws)
 
 
+def test_websocket_that_created_a_job_cancels_it_when_it_drops(
+    api_url: str, http: httpx.Client
+) -> None:
+    ws = WsClient.connect(api_url.replace("http", "ws") + "/v1/ws")
+    ws.send(orjson.dumps(LONG).decode())
+    msgs = ws_messages(ws, {"token"})
+    close(ws)  # the UI tab goes away mid-answer
+    job = poll(http, msgs[0]["id"], {"cancelled", "succeeded"}, timeout=30)
+    assert job["status"] == "cancelled"
+
+
 def test_websocket_follows_an_existing_job(http: httpx.Client, api_url: str) -> None:
     job_id = http.post("/v1/jobs", json=SHORT).json()["id"]
     ws = WsClient.connect(api_url.replace("http", "ws") + f"/v1/jobs/{job_id}/ws")
