@@ -117,12 +117,14 @@ class ChatService:
         return Submitted(job.id, route, int(now), job.deadline or now)
 
     def events(
-        self, job_id: str, queue: str, deadline: float, after: str = "0-0"
+        self, job_id: str, queue: str, deadline: float, after: str = "0-0", owner: bool = True
     ) -> Iterator[StreamEvent | None]:
         """Events after `after` up to the terminal one; None on each idle second.
 
-        Never hangs: past `deadline` the job is cancelled and 504 raised; if no worker is
-        left on `queue` for WORKER_WAIT seconds, the job is cancelled and 503 raised.
+        Never hangs: past `deadline` the job is cancelled and 504 raised. The `owner` (the
+        request waiting for this answer) also gives up with 503, cancelling the job, when no
+        worker is left on `queue` for WORKER_WAIT seconds; a mere follower of a queued job
+        (jobs SSE, job WebSocket) keeps waiting for a worker until the deadline.
         """
         orphaned_since: float | None = None
         while True:
@@ -138,7 +140,7 @@ class ChatService:
                     return
             if batch:
                 continue
-            if self.router.live.any(queue):
+            if not owner or self.router.live.any(queue):
                 orphaned_since = None
             elif orphaned_since is None:
                 orphaned_since = time.monotonic()

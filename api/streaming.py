@@ -143,7 +143,8 @@ def job_sse(
     """GET /v1/jobs/{id}/events: replay from `after`, then live, one frame per event."""
     yield b"retry: 1000\n\n"
     try:
-        for event in paced(service.events(job_id, queue, deadline, after), keepalive):
+        events = service.events(job_id, queue, deadline, after, owner=False)
+        for event in paced(events, keepalive):
             yield KEEPALIVE if event is None else sse_event(event)
     except RouterError as exc:
         yield b"event: error\n" + sse_data(exc.info().body())

@@ -233,9 +233,11 @@ class LocalBackend:
         with torch.inference_mode():
             ids = torch.tensor([prompt], device=self.device)
             out = self.model(input_ids=ids, use_cache=True)
-            for _ in range(budget):
+            for left in range(budget - 1, -1, -1):
                 token_id = sampler.next(out.logits[0, -1])
                 yield token_id
+                if not left:
+                    return  # the budget is spent: no forward pass for a token never sampled
                 step = torch.tensor([[token_id]], device=self.device)
                 cache = {self._cache_arg: getattr(out, self._cache_arg)}
                 out = self.model(input_ids=step, use_cache=True, **cache)
@@ -280,7 +282,7 @@ class _Sampler:
 
 
 #: request fields a plain local model cannot honour, and the values that are harmless
-_UNSUPPORTED = {
+_UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "tools": (None, []),
     "functions": (None, []),
     "tool_choice": (None, "none", "auto"),

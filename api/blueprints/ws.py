@@ -59,7 +59,7 @@ def pump(
     The `owner` (the socket that created the job) cancels it if it goes away mid-job."""
     ended = False
     try:
-        for event in service.events(job_id, queue, deadline, after):
+        for event in service.events(job_id, queue, deadline, after, owner=owner):
             if _cancel_requested(ws):
                 router().jobs.cancel(job_id)
             if event is None:
