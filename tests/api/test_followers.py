@@ -9,9 +9,7 @@ from tasks.keys import JobStatus
 from workers.protocol import ChatJob
 
 
-def test_follower_of_a_queued_job_waits_for_the_deadline_not_the_worker_wait(
-    app, client
-) -> None:
+def test_follower_of_a_queued_job_waits_for_the_deadline_not_the_worker_wait(app, client) -> None:
     store: JobStore = app.extensions["router"].jobs
     job = ChatJob(
         id="job_follow",
