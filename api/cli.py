@@ -60,8 +60,13 @@ def agents(as_json: bool) -> None:
         click.echo(orjson.dumps(workers, option=orjson.OPT_INDENT_2).decode())
         return
     now = liveness.server_time()
-    click.echo(f"{'WORKER':40} {'QUEUES':24} {'POOL':8} {'ACTIVE':>6}  STATE")
+    head = f"{'WORKER':32} {'QUEUES':16} {'MODELS':16} {'DEVICE':7} {'DTYPE':8} {'LOAD':>5}"
+    click.echo(f"{head}  STATE")
     for w in workers:
         state = "alive" if float(w["alive_until"]) > now else "dead"
-        queues, pool, active = w.get("queues", ""), w.get("pool", ""), w.get("active", "0")
-        click.echo(f"{w['id']:40} {queues:24} {pool:8} {active:>6}  {state}")
+        load = (
+            f"{w.get('load', w.get('active', '0'))}/{w.get('capacity', w.get('concurrency', '?'))}"
+        )
+        row = f"{w['id']:32} {w.get('queues', ''):16} {w.get('models', '') or '-':16} "
+        row += f"{w.get('device', '-'):7} {w.get('dtype', '-'):8} {load:>5}"
+        click.echo(f"{row}  {state}")

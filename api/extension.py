@@ -12,7 +12,7 @@ from typing import Any
 from flask import current_app
 
 from registry.db import init_db, make_engine
-from registry.queries import Snapshot, load_snapshot
+from registry.queries import ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
 from tasks.dispatch import make_celery
 from tasks.jobs import JobStore
@@ -38,26 +38,45 @@ class RegistryCache:
         return self._snapshot
 
 
+def _target(route: ModelRoute) -> tuple[str, str | None]:
+    """What must be alive for a route: its queue, and for local models the model itself
+    (a local worker serves only the models it loaded)."""
+    return route.queue, route.upstream if route.kind == "local" else None
+
+
 class LiveWorkers:
-    """Live-worker counts per queue; a positive answer is trusted for `ttl` seconds."""
+    """Whether a live worker can serve a route; a positive answer is trusted for `ttl` s."""
 
     def __init__(self, liveness: Liveness, ttl: float = 1.0) -> None:
         self.liveness, self.ttl = liveness, ttl
-        self._seen: dict[str, float] = {}
+        self._seen: dict[tuple[str, str | None], float] = {}
 
-    def any(self, queue: str) -> bool:
-        seen = self._seen.get(queue)
+    def any(self, route: ModelRoute) -> bool:
+        target = _target(route)
+        seen = self._seen.get(target)
         if seen is not None and time.monotonic() - seen < self.ttl:
             return True
-        alive = self.liveness.live_counts([queue]).get(queue, 0) > 0
+        alive = self.counts([route])[route.id] > 0
         if alive:
-            self._seen[queue] = time.monotonic()
+            self._seen[target] = time.monotonic()
         else:
-            self._seen.pop(queue, None)
+            self._seen.pop(target, None)
         return alive
 
-    def counts(self, queues: Iterable[str]) -> dict[str, int]:
-        return self.liveness.live_counts(queues)
+    def any_on_queue(self, queue: str) -> bool:
+        return self.liveness.live_counts([queue])[queue] > 0
+
+    def counts(self, routes: Iterable[ModelRoute]) -> dict[str, int]:
+        """Live workers per route id, in one round trip per kind of target."""
+        routes = list(routes)
+        queues = self.liveness.live_counts(r.queue for r in routes if r.kind != "local")
+        models = self.liveness.live_model_counts(
+            (r.queue, r.upstream) for r in routes if r.kind == "local"
+        )
+        return {
+            r.id: models[(r.queue, r.upstream)] if r.kind == "local" else queues[r.queue]
+            for r in routes
+        }
 
 
 class Router:

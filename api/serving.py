@@ -73,14 +73,15 @@ class ChatService:
             )
         return route
 
-    def wait_for_worker(self, queue: str) -> None:
-        """Return once a live worker consumes `queue`; 503 after WORKER_WAIT seconds."""
+    def wait_for_worker(self, route: ModelRoute) -> None:
+        """Return once a live worker can serve `route`; 503 after WORKER_WAIT seconds."""
         give_up = time.monotonic() + self.worker_wait
-        while not self.router.live.any(queue):
+        while not self.router.live.any(route):
             if time.monotonic() >= give_up:
+                what = f"model `{route.upstream}` on " if route.kind == "local" else ""
                 raise ServiceUnavailableError(
-                    f"No worker is serving queue `{queue}`. Start one with "
-                    f"`celery -A tasks worker -Q {queue}`.",
+                    f"No worker is serving {what}queue `{route.queue}`. Start one with "
+                    f"`celery -A tasks worker -Q {route.queue}`.",
                     code="no_worker_available",
                     retry_after=self.worker_wait,
                 )
@@ -91,7 +92,7 @@ class ChatService:
     ) -> Submitted:
         """Validate routing, store the job and put it on its backend's queue."""
         route = self.resolve(req.model)
-        self.wait_for_worker(route.queue)
+        self.wait_for_worker(route)
         now = time.time()
         sampling = req.sampling()
         job = ChatJob(
@@ -140,7 +141,7 @@ class ChatService:
                     return
             if batch:
                 continue
-            if not owner or self.router.live.any(queue):
+            if not owner or self.router.live.any_on_queue(queue):
                 orphaned_since = None
             elif orphaned_since is None:
                 orphaned_since = time.monotonic()

@@ -5,10 +5,11 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:job:{id}               hash    job state: status, attempt, worker, request, ...
     router:job:{id}:events        stream  token / restart / done / error / cancelled events
     router:idem:{key}             string  Idempotency-Key -> job id
-    router:workers                zset    worker id -> last heartbeat (Redis server time)
+    router:workers                zset    worker id -> alive until (Redis server time)
     router:worker:{id}            hash    what a worker announced (queues, host, pid, ...)
     router:worker:{id}:jobs       set     jobs a worker is running (for redelivery)
-    router:queue:{queue}:workers  zset    worker id -> last heartbeat, per consumed queue
+    router:queue:{queue}:workers  zset    worker id -> alive until, per consumed queue
+    router:queue:{q}:model:{m}:workers  zset  the same, per model a local worker has loaded
     router:reaper                 string  lock: one reaper pass at a time across workers
 """
 
@@ -53,6 +54,10 @@ def worker_jobs_key(worker_id: str) -> str:
 
 def queue_workers_key(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:workers"
+
+
+def model_workers_key(queue: str, model: str) -> str:
+    return f"{PREFIX}:queue:{queue}:model:{model}:workers"
 
 
 class JobStatus(StrEnum):

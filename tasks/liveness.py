@@ -36,17 +36,25 @@ class Liveness:
         self._reap = client.register_script(lua("reap"))
         self._live = client.register_script(lua("live"))
 
-    def beat(self, worker_id: str, ttl: float, queues: Iterable[str], info: dict[str, str]) -> None:
-        """Say this worker is alive for `ttl` more seconds on `queues`."""
+    def beat(
+        self,
+        worker_id: str,
+        ttl: float,
+        queues: Iterable[str],
+        models: Iterable[str],
+        info: dict[str, str],
+    ) -> None:
+        """Say this worker is alive for `ttl` more seconds on `queues`, with `models` loaded."""
         flat = [x for kv in info.items() for x in kv]
         self._beat(
             keys=[keys.WORKERS, keys.worker_key(worker_id)],
-            args=[worker_id, ttl, keys.PREFIX, ",".join(queues), *flat],
+            args=[worker_id, ttl, keys.PREFIX, ",".join(queues), ",".join(models), *flat],
         )
 
-    def goodbye(self, worker_id: str, queues: Iterable[str]) -> None:
+    def goodbye(self, worker_id: str, queues: Iterable[str], models: Iterable[str]) -> None:
         """Mark this worker dead now (clean shutdown)."""
-        self._goodbye(keys=[keys.WORKERS], args=[worker_id, keys.PREFIX, ",".join(queues)])
+        args = [worker_id, keys.PREFIX, ",".join(queues), ",".join(models)]
+        self._goodbye(keys=[keys.WORKERS], args=args)
 
     def reap(self, max_workers: int = 50) -> list[Requeued]:
         """Requeue the running jobs of expired workers; the caller publishes them."""
@@ -60,10 +68,18 @@ class Liveness:
     def live_counts(self, queues: Iterable[str]) -> dict[str, int]:
         """Number of workers with an unexpired heartbeat, per queue."""
         names = list(dict.fromkeys(queues))
-        if not names:
-            return {}
-        counts = self._live(keys=[keys.queue_workers_key(q) for q in names])
-        return dict(zip(names, (int(c) for c in counts), strict=True))
+        return dict(
+            zip(names, self._count([keys.queue_workers_key(q) for q in names]), strict=True)
+        )
+
+    def live_model_counts(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Number of live workers on each (queue, model) that have the model loaded."""
+        wanted = list(dict.fromkeys(pairs))
+        found = self._count([keys.model_workers_key(q, m) for q, m in wanted])
+        return dict(zip(wanted, found, strict=True))
+
+    def _count(self, zsets: list[str]) -> list[int]:
+        return [int(c) for c in self._live(keys=zsets)] if zsets else []
 
     def server_time(self) -> float:
         """Redis's clock, the one every `alive_until` is measured against."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from tasks.keys import LOCAL_QUEUE, PROVIDER_QUEUES
 
-DEFAULT_CONCURRENCY = {"threads": 4, "gevent": 1000}
+DEFAULT_CONCURRENCY = {"threads": 8, "gevent": 1000}  # threads: one per batch slot
 
 
 def _option(argv: Sequence[str], short: str, long: str) -> str | None:

@@ -48,6 +48,20 @@ class WorkerRuntime:
                 self._backends[kind] = create_backend(kind, self.env)
             return self._backends[kind]
 
+    def announcement(self) -> tuple[list[str], dict[str, str]]:
+        """The models this worker has loaded, and what it says of itself on each beat:
+        device, precision, batch capacity and load from backends that announce them."""
+        models: list[str] = []
+        info = {"active": str(len(self.active))}
+        for backend in list(self._backends.values()):
+            announce = getattr(backend, "announce", None)
+            if announce is None:
+                continue
+            facts = dict(announce())
+            models += facts.pop("models", [])
+            info.update({k: str(v) for k, v in facts.items()})
+        return sorted(set(models)), info
+
     def start_heartbeat(
         self, queues: list[str], info: dict[str, str], requeue: Callable[[Requeued], None]
     ) -> None:
@@ -74,12 +88,15 @@ class Heartbeat(threading.Thread):
     ) -> None:
         super().__init__(name="router-heartbeat", daemon=True)
         self.rt, self.queues, self.info, self.requeue = rt, queues, info, requeue
+        self.models: list[str] = []
         self._stopped = threading.Event()
 
     def beat(self) -> None:
         rt = self.rt
-        info = {**self.info, "active": str(len(rt.active))}
-        rt.liveness.beat(rt.worker_id, rt.settings.heartbeat_ttl, self.queues, info)
+        models, facts = rt.announcement()
+        self.models = models
+        ttl = rt.settings.heartbeat_ttl
+        rt.liveness.beat(rt.worker_id, ttl, self.queues, models, {**self.info, **facts})
 
     def reap(self) -> None:
         rt = self.rt
@@ -101,7 +118,7 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         try:
-            self.rt.liveness.goodbye(self.rt.worker_id, self.queues)
+            self.rt.liveness.goodbye(self.rt.worker_id, self.queues, self.models)
         except redis.RedisError as exc:
             log.warning("goodbye not sent (%s); heartbeat will expire instead", exc)
 

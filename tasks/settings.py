@@ -20,7 +20,7 @@ class Settings:
     request_timeout: float = 600.0  # longest a job may run; Celery time limits follow it
     heartbeat_interval: float = 2.0  # a worker is dead after 3 missed heartbeats
     visibility_timeout: int = 3600  # broker redelivery; our reaper is much faster
-    concurrency: int | None = None  # None: by pool (threads 4, gevent 1000)
+    concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
     task_events: bool = True  # Flower needs them
 
     @property

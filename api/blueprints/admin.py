@@ -42,7 +42,7 @@ def models() -> Response:
 def backends() -> Response:
     snap = router().registry.get()
     infos = snap.backends()
-    live = router().live.counts(b.queue for b in infos)
+    live = router().liveness.live_counts(b.queue for b in infos)
     data = [{**asdict(b), "live_workers": live.get(b.queue, 0)} for b in infos]
     return json_response({"object": "list", "data": data})
 

@@ -38,5 +38,5 @@ def readyz() -> Response:
         ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
     if checks["redis"] == "ok":
         queues = {r.queue for r in router().registry.get().models()}
-        checks["workers"] = router().live.counts(sorted(queues))
+        checks["workers"] = router().liveness.live_counts(sorted(queues))
     return json_response({"status": "ok" if ok else "unavailable", **checks}, 200 if ok else 503)

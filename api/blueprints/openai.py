@@ -40,7 +40,7 @@ def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
         route.id,
         route.created,
         route.backend,
-        available=live.get(route.queue, 0) > 0,
+        available=live.get(route.id, 0) > 0,
         context_window=route.context_window,
         max_tokens=route.max_tokens,
         aliases=list(route.aliases),
@@ -51,7 +51,7 @@ def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
 def list_models() -> Response:
     """Enabled registry models; `available` says whether a live worker serves each one."""
     routes = router().registry.get().models()
-    live = router().live.counts(r.queue for r in routes)
+    live = router().live.counts(routes)
     return json_response({"object": "list", "data": [_model(r, live) for r in routes]})
 
 
@@ -63,4 +63,4 @@ def get_model(model_id: str) -> Response:
             f"The model `{model_id}` does not exist or you do not have access to it.",
             param="model",
         )
-    return json_response(_model(route, router().live.counts([route.queue])))
+    return json_response(_model(route, router().live.counts([route])))

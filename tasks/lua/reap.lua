@@ -18,9 +18,13 @@ for _, w in ipairs(dead) do
     end
   end
   local queues = redis.call('HGET', wkey, 'queues')
+  local models = redis.call('HGET', wkey, 'models') or ''
   if queues then
     for q in string.gmatch(queues, '[^,]+') do
       redis.call('ZREM', ARGV[1] .. ':queue:' .. q .. ':workers', w)
+      for m in string.gmatch(models, '[^,]+') do
+        redis.call('ZREM', ARGV[1] .. ':queue:' .. q .. ':model:' .. m .. ':workers', w)
+      end
     end
   end
   redis.call('DEL', wkey, wkey .. ':jobs')

@@ -13,23 +13,32 @@ from tasks.liveness import Liveness, Requeued
 def test_live_counts_follow_heartbeats_and_goodbye(r) -> None:
     lv = Liveness(r)
     assert lv.live_counts(["a", "b"]) == {"a": 0, "b": 0}
-    lv.beat("w1", 0.5, ["a", "b"], {"pid": "1"})
-    lv.beat("w2", 5, ["a"], {"pid": "2"})
+    lv.beat("w1", 0.5, ["a", "b"], ["m1"], {"pid": "1"})
+    lv.beat("w2", 5, ["a"], ["m1", "m2"], {"pid": "2"})
     assert lv.live_counts(["a", "b"]) == {"a": 2, "b": 1}
+    pairs = [("a", "m1"), ("a", "m2"), ("b", "m1"), ("b", "m2")]
+    assert lv.live_model_counts(pairs) == {
+        ("a", "m1"): 2,
+        ("a", "m2"): 1,
+        ("b", "m1"): 1,
+        ("b", "m2"): 0,
+    }
     time.sleep(0.6)
     assert lv.live_counts(["a", "b"]) == {"a": 1, "b": 0}
-    lv.goodbye("w2", ["a"])
+    assert lv.live_model_counts([("a", "m1"), ("b", "m1")]) == {("a", "m1"): 1, ("b", "m1"): 0}
+    lv.goodbye("w2", ["a"], ["m1", "m2"])
     assert lv.live_counts(["a"]) == {"a": 0}
+    assert lv.live_model_counts([("a", "m2")]) == {("a", "m2"): 0}
     ids = {w["id"]: w for w in lv.workers()}
-    assert ids["w1"]["pid"] == "1" and ids["w1"]["queues"] == "a,b"
+    assert ids["w1"]["pid"] == "1" and ids["w1"]["queues"] == "a,b" and ids["w1"]["models"] == "m1"
 
 
 def test_reaper_requeues_only_the_dead_workers_running_jobs(r, make_job) -> None:
     store, lv = JobStore(r), Liveness(r)
     for job_id in ("job_dead", "job_alive", "job_done"):
         store.create(make_job(job_id), "q")
-    lv.beat("dead", 0.2, ["q"], {})
-    lv.beat("alive", 30, ["q"], {})
+    lv.beat("dead", 0.2, ["q"], ["m"], {})
+    lv.beat("alive", 30, ["q"], [], {})
     store.claim("job_dead", 1, "dead")
     store.claim("job_done", 1, "dead")
     r.hset(keys.job_key("job_done"), "status", "succeeded")
@@ -41,6 +50,7 @@ def test_reaper_requeues_only_the_dead_workers_running_jobs(r, make_job) -> None
     assert rec and rec.status is JobStatus.QUEUED and rec.attempt == 2 and rec.worker == ""
     assert store.record("job_alive").status is JobStatus.RUNNING
     assert not r.exists(keys.worker_key("dead"), keys.worker_jobs_key("dead"))
+    assert r.zscore(keys.model_workers_key("q", "m"), "dead") is None
     assert lv.reap() == []  # forgotten after one pass
     assert store.claim("job_dead", 2, "alive").outcome == "ok"
 

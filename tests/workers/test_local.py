@@ -8,14 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import ContextLengthExceeded, InvalidRequestError
-from workers.local import LocalBackend, _Decoder, default_model_ref, dtype_for, pick_device
+from workers.errors import ContextLengthExceeded, InvalidRequestError, RouterError
+from workers.local import (
+    LocalBackend,
+    LocalModel,
+    default_model_ref,
+    dtype_for,
+    model_specs,
+    pick_device,
+)
+from workers.local.text import Decoder
 from workers.protocol import ChatJob, Chunk, Done, Sampling
 
 
 @pytest.fixture(scope="module")
-def backend() -> LocalBackend:
+def local() -> LocalBackend:
     return LocalBackend.from_env(os.environ)
+
+
+@pytest.fixture(scope="module")
+def backend(local: LocalBackend) -> LocalModel:
+    """The default model (the name registry models give as `upstream`)."""
+    return local.models["smollm2-135m"]
 
 
 def job(content: str = "What is the capital of France?", **sampling) -> ChatJob:  # type: ignore[no-untyped-def]
@@ -30,7 +44,7 @@ def job(content: str = "What is the capital of France?", **sampling) -> ChatJob:
     )
 
 
-def run(backend: LocalBackend, j: ChatJob) -> tuple[str, Done]:
+def run(backend: LocalModel | LocalBackend, j: ChatJob) -> tuple[str, Done]:
     parts, done = [], None
     for item in backend.stream(j):
         if isinstance(item, Chunk):
@@ -52,7 +66,7 @@ def test_device_and_dtype_choice() -> None:
     assert dtype_for("cpu").is_floating_point and dtype_for("mps") != dtype_for("cpu")
 
 
-def test_greedy_answer_is_real_and_repeatable(backend: LocalBackend) -> None:
+def test_greedy_answer_is_real_and_repeatable(backend: LocalModel) -> None:
     text, done = run(backend, job(temperature=0, max_tokens=24))
     assert "Paris" in text
     assert done.finish_reason == "stop"
@@ -60,13 +74,13 @@ def test_greedy_answer_is_real_and_repeatable(backend: LocalBackend) -> None:
     assert run(backend, job(temperature=0, max_tokens=24)) == (text, done)
 
 
-def test_max_tokens_ends_with_length(backend: LocalBackend) -> None:
+def test_max_tokens_ends_with_length(backend: LocalModel) -> None:
     text, done = run(backend, job("Tell me a long story.", temperature=0, max_tokens=6))
     assert done.finish_reason == "length" and done.usage.completion_tokens == 6
     assert text
 
 
-def test_stop_strings_are_excluded_even_across_tokens(backend: LocalBackend) -> None:
+def test_stop_strings_are_excluded_even_across_tokens(backend: LocalModel) -> None:
     full, _ = run(backend, job(temperature=0, max_tokens=24))
     stop = full[full.index("Paris") + 1 : full.index("Paris") + 4]  # "ari": inside a token
     text, done = run(backend, job(temperature=0, max_tokens=24, stop=(stop,)))
@@ -74,7 +88,7 @@ def test_stop_strings_are_excluded_even_across_tokens(backend: LocalBackend) -> 
     assert done.finish_reason == "stop"
 
 
-def test_seed_makes_sampling_repeatable(backend: LocalBackend) -> None:
+def test_seed_makes_sampling_repeatable(backend: LocalModel) -> None:
     a = run(backend, job("Name a fruit.", temperature=1.0, seed=5, max_tokens=12))
     assert run(backend, job("Name a fruit.", temperature=1.0, seed=5, max_tokens=12)) == a
     others = {
@@ -84,7 +98,7 @@ def test_seed_makes_sampling_repeatable(backend: LocalBackend) -> None:
     assert others - {a[0]}
 
 
-def test_penalties_and_top_p_are_accepted(backend: LocalBackend) -> None:
+def test_penalties_and_top_p_are_accepted(backend: LocalModel) -> None:
     _, done = run(
         backend,
         job(
@@ -100,14 +114,14 @@ def test_penalties_and_top_p_are_accepted(backend: LocalBackend) -> None:
 
 
 def test_prompt_over_the_context_window_is_rejected_before_generation(
-    backend: LocalBackend,
+    backend: LocalModel,
 ) -> None:
     with pytest.raises(ContextLengthExceeded) as err:
         next(iter(backend.stream(job("word " * 9000))))
     assert err.value.status_code == 400 and err.value.code == "context_length_exceeded"
 
 
-def test_non_text_parts_are_rejected(backend: LocalBackend) -> None:
+def test_non_text_parts_are_rejected(backend: LocalModel) -> None:
     image = ChatJob.from_dict(
         {
             **job().to_dict(),
@@ -126,7 +140,7 @@ def test_non_text_parts_are_rejected(backend: LocalBackend) -> None:
         next(iter(backend.stream(image)))
 
 
-def test_text_parts_and_developer_role_are_understood(backend: LocalBackend) -> None:
+def test_text_parts_and_developer_role_are_understood(backend: LocalModel) -> None:
     # SmolLM2's template adds this system prompt when none is given, so sending it as a
     # `developer` turn, with the question as a text part, must give the same prompt.
     default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -143,7 +157,7 @@ def test_text_parts_and_developer_role_are_understood(backend: LocalBackend) -> 
     assert backend.prompt_ids(parts) == backend.prompt_ids(job(question))
 
 
-def test_closing_the_stream_stops_generation(backend: LocalBackend) -> None:
+def test_closing_the_stream_stops_generation(backend: LocalModel) -> None:
     stream: Iterator[Chunk | Done] = backend.stream(job("Count to one hundred.", max_tokens=200))
     first = next(stream)
     assert isinstance(first, Chunk)
@@ -157,11 +171,11 @@ def test_decoder_holds_back_a_possible_stop_prefix() -> None:
         def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
             return "".join(map(chr, ids))
 
-    d = _Decoder(Chars(), ("END",), [])
+    d = Decoder(Chars(), ("END",), [])
     out = [d.push(ord(c)) for c in "abcEN"]
     assert "".join(t for t, _ in out) == "abc"  # "EN" might start "END"
     assert d.push(ord("D")) == ("", True)
-    d2 = _Decoder(Chars(), ("END",), [])
+    d2 = Decoder(Chars(), ("END",), [])
     for c in "xEN":
         d2.push(ord(c))
     assert d2.push(ord("x")) == ("ENx", False)
@@ -175,16 +189,41 @@ def test_decoder_holds_back_a_possible_stop_prefix() -> None:
         {"response_format": {"type": "json_object"}},
     ],
 )
-def test_features_a_local_model_lacks_are_refused_clearly(
-    backend: LocalBackend, extra: dict
-) -> None:
+def test_features_a_local_model_lacks_are_refused_clearly(backend: LocalModel, extra: dict) -> None:
     unsupported = ChatJob.from_dict({**job().to_dict(), "extra": extra})
     with pytest.raises(InvalidRequestError) as err:
         next(iter(backend.stream(unsupported)))
     assert err.value.param == next(iter(extra))
 
 
-def test_harmless_values_of_those_fields_pass(backend: LocalBackend) -> None:
+def test_harmless_values_of_those_fields_pass(backend: LocalModel) -> None:
     extra = {"logprobs": False, "response_format": {"type": "text"}, "tool_choice": "none"}
     fine = ChatJob.from_dict({**job(max_tokens=2).to_dict(), "extra": extra})
     assert run(backend, fine)[1].usage.completion_tokens <= 2
+
+
+def test_backend_routes_by_upstream_name_and_announces(local: LocalBackend) -> None:
+    text, _ = run(local, job(temperature=0, max_tokens=12))
+    assert "Paris" in text
+    other = ChatJob.from_dict({**job().to_dict(), "upstream_model": "llama-9000"})
+    with pytest.raises(RouterError) as err:
+        next(iter(local.stream(other)))
+    assert err.value.status_code == 503 and "smollm2-135m" in err.value.message
+    facts = local.announce()
+    assert facts["models"] == ["smollm2-135m"] and facts["device"] == "cpu"
+    assert facts["dtype"] == "float32" and facts["capacity"] == 8 and facts["load"] == 0
+
+
+def test_model_specs_from_the_environment(tmp_path: Path) -> None:
+    default = default_model_ref()
+    assert model_specs({}) == [("smollm2-135m", default)]
+    assert model_specs({"LOCAL_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}) == [
+        ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct")
+    ]
+    (tmp_path / "my-llama").mkdir()
+    two = f"smollm2-135m=,llama={tmp_path / 'my-llama'}"
+    assert model_specs({"LOCAL_MODELS": two}) == [
+        ("smollm2-135m", default),
+        ("llama", str(tmp_path / "my-llama")),
+    ]
+    assert model_specs({"LOCAL_MODEL": str(tmp_path / "my-llama")})[0][0] == "my-llama"

@@ -1,0 +1,146 @@
+"""The local backend: the models this worker loaded, each behind its batch engine, serving
+OpenAI-style chat jobs as streams of text chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from workers.errors import ContextLengthExceeded, ServiceUnavailableError
+from workers.local.engine import BatchEngine, Request
+from workers.local.loading import Loaded, load, model_specs, pick_device
+from workers.local.sampling import Sampler
+from workers.local.text import Decoder, plain_message, reject_unsupported
+from workers.protocol import ChatJob, Chunk, Done, Sampling, Usage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 512
+# When a request leaves them out: SmolLM2's recommended sampling. OpenAI's own default
+# (temperature 1) makes a 135M model ramble; Ollama likewise applies the model's defaults.
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_TOP_P = 0.9
+DEFAULT_BATCH = 8
+
+
+class LocalModel:
+    """One loaded model and its engine."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        capacity: int = DEFAULT_BATCH,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+    ) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        config = loaded.model.config
+        self.context_window = int(getattr(config, "max_position_embeddings", 2048))
+        self.vocab = int(config.vocab_size)
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
+        self.defaults = (temperature, top_p)
+        self.engine = BatchEngine(loaded.model, self.eos_ids, loaded.device, capacity)
+
+    def prompt_ids(self, job: ChatJob) -> list[int]:
+        """Apply the model's chat template to the job's messages."""
+        messages = [plain_message(m, job.model) for m in job.messages]
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
+    def request(self, prompt: list[int], budget: int, sampling: Sampling) -> Request:
+        """Start generating; iterate the result for token ids."""
+        sampler = Sampler(sampling, self.vocab, *self.defaults)
+        return self.engine.submit(Request(prompt, budget, sampler))
+
+    def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
+        """Chunks of text as the batch produces this job's tokens; closing stops it."""
+        reject_unsupported(job)
+        prompt = self.prompt_ids(job)
+        room = self.context_window - len(prompt)
+        if room <= 0:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_window} tokens. "
+                f"However, your messages resulted in {len(prompt)} tokens.",
+                param="messages",
+            )
+        budget = min(job.sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
+        request = self.request(prompt, budget, job.sampling)
+        decoder = Decoder(self.tokenizer, job.sampling.stop, [])
+        produced, stopped = 0, False
+        try:
+            for token_id in request:
+                produced += 1
+                if token_id in self.eos_ids:
+                    continue  # the engine ends the request right after it
+                delta, stopped = decoder.push(token_id)
+                if delta:
+                    yield Chunk(delta)
+                if stopped:
+                    break
+            tail = "" if stopped else decoder.flush()  # held back for a stop that never came
+            if tail:
+                yield Chunk(tail)
+            finish = "stop" if stopped or request.finish is None else request.finish.reason
+            yield Done(finish, Usage(len(prompt), produced))
+        finally:
+            BatchEngine.cancel(request)  # a no-op once finished; frees the slot otherwise
+
+    def warm_up(self) -> None:
+        """One tiny generation, so the first real request pays no lazy start-up."""
+        prompt = self.tokenizer.encode("Hi")
+        list(self.request(prompt, 2, Sampling(temperature=0)))
+
+
+class LocalBackend:
+    """Every local model of this worker, by the name registry models use as `upstream`."""
+
+    def __init__(self, models: dict[str, LocalModel]) -> None:
+        self.models = models
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LocalBackend:
+        """Load LOCAL_MODELS / LOCAL_MODEL (default: SmolLM2) on LOCAL_DEVICE at LOCAL_DTYPE,
+        with LOCAL_MAX_BATCH concurrent requests per model, and warm each one up."""
+        cache = Path(env.get("ROUTER_MODEL_CACHE") or "~/.cache/inference-router").expanduser()
+        device = pick_device(env.get("LOCAL_DEVICE", "auto"))
+        precision = env.get("LOCAL_DTYPE", "auto")
+        capacity = int(env.get("LOCAL_MAX_BATCH", DEFAULT_BATCH))
+        temperature = float(env.get("LOCAL_TEMPERATURE", DEFAULT_TEMPERATURE))
+        top_p = float(env.get("LOCAL_TOP_P", DEFAULT_TOP_P))
+        models = {}
+        for name, ref in model_specs(env):
+            loaded = load(name, ref, device, precision, cache / "models")
+            models[name] = LocalModel(loaded, capacity, temperature, top_p)
+            models[name].warm_up()
+        return cls(models)
+
+    def model_for(self, job: ChatJob) -> LocalModel:
+        try:
+            return self.models[job.upstream_model]
+        except KeyError:
+            raise ServiceUnavailableError(
+                f"This worker does not serve `{job.upstream_model}`; it serves "
+                f"{', '.join(sorted(self.models))}.",
+                code="model_not_loaded",
+            ) from None
+
+    def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
+        return self.model_for(job).stream(job)
+
+    def announce(self) -> dict[str, Any]:
+        """What the heartbeat tells the cluster: models, device, precision, capacity, load."""
+        first = next(iter(self.models.values()))
+        return {
+            "models": sorted(self.models),
+            "device": first.loaded.device,
+            "dtype": first.loaded.precision,
+            "capacity": sum(m.engine.capacity for m in self.models.values()),
+            "load": sum(m.engine.load for m in self.models.values()),
+        }
