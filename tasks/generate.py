@@ -39,6 +39,8 @@ def _requeue(job: Requeued) -> None:
 def _on_worker_setup(instance: Any = None, **_: Any) -> None:
     worker = instance
     queues = sorted(worker.app.amqp.queues.consume_from or ["celery"])
+    # a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH says otherwise)
+    os.environ.setdefault("LOCAL_MAX_BATCH", str(worker.concurrency))
     rt = runtime()
     if any(q not in PROVIDER_QUEUES for q in queues):
         started = time.monotonic()

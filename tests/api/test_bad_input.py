@@ -182,3 +182,10 @@ def test_unreachable_redis_is_a_fast_503_and_the_app_recovers(stack, worker, tmp
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+
+
+def test_local_model_no_worker_has_loaded_is_503(client, engine) -> None:
+    add_model(engine, "ghost-model", "local", upstream="not-loaded")
+    resp = client.post("/v1/chat/completions", json={**GOOD, "model": "ghost-model"})
+    err = error_of(resp, 503)
+    assert "not-loaded" in err["message"] and "local-mps" in err["message"]

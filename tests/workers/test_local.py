@@ -227,3 +227,19 @@ def test_model_specs_from_the_environment(tmp_path: Path) -> None:
         ("llama", str(tmp_path / "my-llama")),
     ]
     assert model_specs({"LOCAL_MODEL": str(tmp_path / "my-llama")})[0][0] == "my-llama"
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
+    import torch
+
+    from workers.local.sampling import Sampler
+
+    sampler = Sampler(Sampling(top_p=0.8, seed=1), 1000, 1.0, 1.0)
+    probs = torch.zeros(1000)
+    probs[[5, 7, 9, 11]] = torch.tensor([0.5, 0.25, 0.15, 0.10])
+    mass, tokens = sampler._nucleus(probs)
+    assert tokens.tolist() == [5, 7, 9]  # 0.5 + 0.25 < 0.8, the third reaches it
+    assert mass.tolist() == pytest.approx([0.5, 0.25, 0.15])
+    flat = torch.full((1000,), 1 / 1000)  # mass beyond the first 256: the full sort path
+    assert len(sampler._nucleus(flat)[1]) == 800
+    assert {sampler._sample(torch.log(probs + 1e-12)) for _ in range(50)} <= {5, 7, 9}

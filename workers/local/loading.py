@@ -13,13 +13,14 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from workers.local.quant import quantize
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +58,11 @@ def dtype_for(device: str) -> torch.dtype:
     return torch.float32
 
 
-#: LOCAL_DTYPE values besides `auto`; `int8` is dynamic quantization of the linear layers
-#: (weights int8, activations quantized on the fly), a CPU option.
+#: LOCAL_DTYPE values besides `auto`. `int8` and `int4` are weight-only quantization for
+#: the CPU (workers/local/quant.py); the rest is the precision of the whole model.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PRECISIONS = ("auto", *DTYPES, "int8")
-
-
-def _quantize_int8(model: Any) -> Any:
-    """int8 weights for every nn.Linear, per output channel; CPU only."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        return quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
+QUANTIZED = {"int8": 8, "int4": 4}
+PRECISIONS = ("auto", *DTYPES, *QUANTIZED)
 
 
 @dataclass(frozen=True)
@@ -91,16 +82,16 @@ def load(name: str, ref: str, device: str, precision: str, cache_root: Path) -> 
 
     if precision not in PRECISIONS:
         raise ValueError(f"LOCAL_DTYPE must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "int8" and device != "cpu":
-        raise ValueError("LOCAL_DTYPE=int8 is a CPU option; use float16/bfloat16 on a GPU")
+    if precision in QUANTIZED and device != "cpu":
+        raise ValueError(f"LOCAL_DTYPE={precision} is a CPU option; use float16/bfloat16 on a GPU")
     source = resolve_model_dir(ref, cache_root)
     dtype = DTYPES.get(precision, dtype_for(device))
     tokenizer = AutoTokenizer.from_pretrained(source)
     model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     model = model.to(device).eval()
-    if precision == "int8":
-        model = _quantize_int8(model)
-    label = "int8" if precision == "int8" else str(dtype).removeprefix("torch.")
+    if precision in QUANTIZED:
+        model = quantize(model, QUANTIZED[precision])
+    label = precision if precision in QUANTIZED else str(dtype).removeprefix("torch.")
     log.info("local model %s (%s) on %s as %s", name, ref, device, label)
     return Loaded(name, model, tokenizer, device, label)
 
