@@ -59,7 +59,7 @@ def bare(model: Any, tokenizer: Any, prompts: list[str], tokens: int) -> dict[st
         for text in prompts:
             ids = chat_ids(tokenizer, text)
             start = time.perf_counter()
-            model(input_ids=ids)
+            model(input_ids=ids, logits_to_keep=1)  # as generate's own prefill does
             prefills.append(time.perf_counter() - start)
             start = time.perf_counter()
             out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
@@ -168,65 +168,99 @@ def llama_cpp(tokens: int, reference: dict[str, list[int]], tokenizer: Any) -> t
     return produced / busy, same
 
 
-def worker_rss_mb(stack: Stack) -> float:
-    pid = next(p.pid for p in stack.procs if p.args and "worker" in p.args)
+def worker_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def rss_over(stack: Stack, client: OpenAI, n: int) -> list[tuple[int, float]]:
-    marks = [(0, worker_rss_mb(stack))]
+def rss_over(pid: int, client: OpenAI, n: int) -> list[tuple[int, float]]:
+    """Worker RSS after every fifth of `n` short sequential requests."""
+    marks = [(0, worker_rss_mb(pid))]
     for i in range(1, n + 1):
         stream_one(client, PROMPTS[i % len(PROMPTS)], 8)
         if i % max(1, n // 5) == 0:
-            marks.append((i, worker_rss_mb(stack)))
+            marks.append((i, worker_rss_mb(pid)))
     return marks
+
+
+def rounds(fp32: Any, client: OpenAI, prompts: list[str], tokens: int, n: int) -> dict:
+    """Baseline, one request through the stack, all concurrently: `n` rounds, interleaved,
+    so that each ratio compares figures taken minutes apart, not a quarter-hour."""
+    runs: dict[str, list[float]] = {}
+    for _ in range(n):
+        base = bare(fp32.model, fp32.tokenizer, prompts, tokens)
+        one = through_stack(client, prompts, tokens, concurrent=False)
+        many = through_stack(client, prompts, tokens, concurrent=True)
+        measured = {
+            "base": base["tok_s"], "prefill": base["prefill_ms"],
+            "one": one["tok_s"], "one_ratio": one["tok_s"] / base["tok_s"],
+            "one_ttft50": one["ttft_p50"], "one_ttft99": one["ttft_p99"],
+            "many": many["tok_s"], "many_ratio": many["tok_s"] / base["tok_s"],
+            "many_ttft50": many["ttft_p50"], "many_ttft99": many["ttft_p99"],
+            "per_request": many["per_request"],
+        }  # fmt: skip
+        for key, value in measured.items():
+            runs.setdefault(key, []).append(value)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rss-requests", type=int, default=500)
     parser.add_argument("--skip-precisions", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
     prompts = (PROMPTS * (args.concurrency // len(PROMPTS) + 1))[: args.concurrency]
+    conc = str(args.concurrency)
 
     fp32 = load("smollm2-135m", default_model_ref(), "cpu", "float32", CACHE)
     with Stack(ROUTER_TASK_EVENTS="0", LOCAL_DTYPE="float32") as stack:
-        stack.worker("local-mps", "-c", str(args.concurrency))
+        pid = stack.worker("local-mps", "-c", conc)
         client = OpenAI(base_url=stack.api() + "/v1", api_key="none", max_retries=0)
         stream_one(client, "Hi", 4)
-        base = bare(fp32.model, fp32.tokenizer, prompts, args.tokens)
-        one = through_stack(client, prompts, args.tokens, concurrent=False)
-        many = through_stack(client, prompts, args.tokens, concurrent=True)
-        base2 = bare(fp32.model, fp32.tokenizer, prompts, args.tokens)
-        rss = [] if args.skip_rss else rss_over(stack, client, args.rss_requests)
-    baseline = statistics.mean([base["tok_s"], base2["tok_s"]])
-    prefill = statistics.mean([base["prefill_ms"], base2["prefill_ms"]])
+        r = rounds(fp32, client, prompts, args.tokens, args.rounds)
+        rss = [] if args.skip_rss else rss_over(pid, client, args.rss_requests)
+        stack.stop(pid)
+        stack.worker("local-mps", "-c", conc, env={"LOCAL_DTYPE": "int4"})
+        int4_one = through_stack(client, prompts, args.tokens, concurrent=False)
+        int4_many = through_stack(client, prompts, args.tokens, concurrent=True)
 
-    print(f"\nSmolLM2-135M, float32, {os.cpu_count()} CPU threads, {args.tokens} new tokens")
-    print(f"\n{'':44}{'tok/s':>8}{'vs base':>9}{'TTFT p50':>10}{'p99':>8}")
-    print(f"{'model.generate, one at a time (baseline)':44}{baseline:8.1f}{1:9.2f}"
-          f"{prefill:10.0f}{'':>8}   (prefill ms)")  # fmt: skip
-    for label, r in (("stack, 1 request at a time", one),
-                     (f"stack, {args.concurrency} concurrent (aggregate)", many)):  # fmt: skip
-        print(f"{label:44}{r['tok_s']:8.1f}{r['tok_s'] / baseline:9.2f}"
-              f"{r['ttft_p50']:10.0f}{r['ttft_p99']:8.0f}")  # fmt: skip
-    print(f"{'  per request while ' + str(args.concurrency) + ' run':44}{many['per_request']:8.1f}")
-    print(f"\nTTFT at 1 request minus bare prefill: {one['ttft_p50'] - prefill:+.0f} ms (p50)")
+    base = r["base"]
+    print(f"\nSmolLM2-135M, {os.cpu_count()} CPU threads, {args.tokens} new tokens, "
+          f"medians of {args.rounds} interleaved rounds")  # fmt: skip
+    print(f"\n{'':46}{'tok/s':>8}{'vs base':>9}{'TTFT p50':>10}{'p99':>8}")
+    print(f"{'fp32 model.generate, one at a time (baseline)':46}{base:8.1f}{1:9.2f}"
+          f"{r['prefill']:10.0f}{'':>8}   (prefill ms)")  # fmt: skip
+
+    def row(label: str, m: dict) -> tuple:
+        return label, m["tok_s"], m["tok_s"] / base, m["ttft_p50"], m["ttft_p99"]
+
+    fp32_one = {"tok_s": r["one"], "ttft_p50": r["one_ttft50"], "ttft_p99": r["one_ttft99"]}
+    fp32_many = {"tok_s": r["many"], "ttft_p50": r["many_ttft50"], "ttft_p99": r["many_ttft99"]}
+    rows = (
+        row("fp32 stack, 1 request at a time", fp32_one),
+        row(f"fp32 stack, {conc} concurrent (aggregate)", fp32_many),
+        row("int4 stack, 1 request at a time", int4_one),
+        row(f"int4 stack, {conc} concurrent (aggregate)", int4_many),
+    )
+    for label, tok_s, ratio, p50, p99 in rows:
+        print(f"{label:46}{tok_s:8.1f}{ratio:9.2f}{p50:10.0f}{p99:8.0f}")
+    print(f"{'  fp32, per request while ' + conc + ' run':46}{r['per_request']:8.1f}")
+    print(f"\nTTFT at 1 request minus bare prefill: {r['one_ttft50'] - r['prefill']:+.0f} ms (p50)")
 
     if not args.skip_precisions:
-        rows, reference, tokenizer = precisions(args.tokens)
+        rows_p, reference, tokenizer = precisions(args.tokens)
         cpp = llama_cpp(args.tokens, reference, tokenizer)
         n = len(QUALITY_PROMPTS)
         print(
             f"\n{'LOCAL_DTYPE':12}{'tok/s':>8}{'vs llama.cpp':>14}  first 32 greedy tokens = fp32"
         )
-        for precision, speed, same in rows:
+        for precision, speed, same in rows_p:
             versus = f"{speed / cpp[0]:14.0%}" if cpp else f"{'-':>14}"
             print(f"{precision:12}{speed:8.1f}{versus}  {same}/{n}")
         if cpp:
@@ -236,7 +270,7 @@ def main() -> None:
     if rss:
         start_mb, end_mb = rss[0][1], rss[-1][1]
         trail = "  ".join(f"{n}:{mb:.0f}" for n, mb in rss)
-        print(f"\nworker RSS MB after N requests: {trail}  ({(end_mb / start_mb - 1):+.1%})")
+        print(f"\nfp32 worker RSS MB after N requests: {trail}  ({(end_mb / start_mb - 1):+.1%})")
 
 
 if __name__ == "__main__":

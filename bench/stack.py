@@ -41,9 +41,10 @@ class Stack:
         }
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        full_env = {**self.env, **(env or {})}
+        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=log)
         self.procs.append(proc)
         return proc
 
@@ -58,16 +59,29 @@ class Stack:
         init_db(make_engine(self.env["DATABASE_URL"]), self.env)
         return self
 
-    def worker(self, queues: str = "local-mps", *extra: str) -> None:
-        """Start a worker and wait until it has announced itself."""
+    def worker(self, queues: str = "local-mps", *extra: str, env: dict | None = None) -> int:
+        """Start a worker, wait until it has announced itself; returns its pid."""
         from tasks.liveness import Liveness
 
-        queue = queues.split(",")[0]
         lv = Liveness(redis.Redis.from_url(self.redis_url, decode_responses=True))
-        before = lv.live_counts([queue])[queue]
         args = [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", queues, "-l", "warning"]
-        self.spawn(f"worker-{len(self.procs)}", [*args, *extra])
-        _wait(lambda: lv.live_counts([queue])[queue] > before, 180, f"worker on {queues}")
+        proc = self.spawn(f"worker-{len(self.procs)}", [*args, *extra], env)
+
+        def announced() -> bool:
+            now = lv.server_time()
+            return any(
+                w.get("pid") == str(proc.pid) and float(w["alive_until"]) > now
+                for w in lv.workers()
+            )
+
+        _wait(announced, 180, f"worker on {queues}")
+        return proc.pid
+
+    def stop(self, pid: int) -> None:
+        """Stop one process (warm shutdown) and wait for it."""
+        proc = next(p for p in self.procs if p.pid == pid)
+        proc.terminate()
+        proc.wait(timeout=30)
 
     def api(self, workers: int = 2) -> str:
         """Start the API as the Procfile does; returns its base URL."""

@@ -79,6 +79,8 @@ class BatchEngine:
         self.capacity = max(1, capacity)
         params = _forward_params(model)
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # prefill needs the logits of each prompt's last position only, not all of them
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._rows: list[_Row] = []
         self._cache: Any = None
@@ -94,6 +96,8 @@ class BatchEngine:
 
     def submit(self, request: Request) -> Request:
         """Queue a request; it joins the batch at the next step boundary."""
+        if self._closed:
+            raise RuntimeError("the batch engine is closed")
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -172,6 +176,7 @@ class BatchEngine:
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             use_cache=True,
+            **self._last_only,
         )
         rows = [_Row(r, position=len(r.prompt)) for r in requests]
         self._merge(getattr(out, self._cache_arg), mask.to(self.device), rows)
