@@ -171,11 +171,11 @@ def test_decoder_holds_back_a_possible_stop_prefix() -> None:
         def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
             return "".join(map(chr, ids))
 
-    d = Decoder(Chars(), ("END",), [])
+    d = Decoder(Chars(), ("END",))
     out = [d.push(ord(c)) for c in "abcEN"]
     assert "".join(t for t, _ in out) == "abc"  # "EN" might start "END"
     assert d.push(ord("D")) == ("", True)
-    d2 = Decoder(Chars(), ("END",), [])
+    d2 = Decoder(Chars(), ("END",))
     for c in "xEN":
         d2.push(ord(c))
     assert d2.push(ord("x")) == ("ENx", False)
@@ -243,3 +243,12 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
     flat = torch.full((1000,), 1 / 1000)  # mass beyond the first 256: the full sort path
     assert len(sampler._nucleus(flat)[1]) == 800
     assert {sampler._sample(torch.log(probs + 1e-12)) for _ in range(50)} <= {5, 7, 9}
+
+
+def test_incremental_decoding_equals_decoding_at_once(backend: LocalModel) -> None:
+    text = "Héllo wörld 🎉, 日本語のテキスト, naïve café — ünïcödé!\n  spaced   out."
+    ids = backend.tokenizer.encode(text, add_special_tokens=False)
+    decoder = Decoder(backend.tokenizer, ())
+    pieces = [decoder.push(i)[0] for i in ids]
+    assert "".join(pieces) + decoder.flush() == backend.tokenizer.decode(ids)
+    assert "\ufffd" not in "".join(pieces)  # never half a character

@@ -99,7 +99,7 @@ class LocalModel:
             )
         budget = min(job.sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
         request = self.request(prompt, budget, job.sampling)
-        decoder = Decoder(self.tokenizer, job.sampling.stop, [])
+        decoder = Decoder(self.tokenizer, job.sampling.stop)
         produced, stopped = 0, False
         try:
             for token_id in request:
@@ -120,9 +120,12 @@ class LocalModel:
             BatchEngine.cancel(request)  # a no-op once finished; frees the slot otherwise
 
     def warm_up(self) -> None:
-        """One tiny generation, so the first real request pays no lazy start-up."""
-        prompt = self.tokenizer.encode("Hi")
-        list(self.request(prompt, 2, Sampling(temperature=0)))
+        """Two short generations side by side, so the first real requests pay no lazy
+        start-up (kernels pick their code paths per shape on first use)."""
+        prompt = self.tokenizer.encode("Hello! " * 24)
+        requests = [self.request(prompt, 4, Sampling(temperature=0)) for _ in range(2)]
+        for request in requests:
+            list(request)
 
 
 class LocalBackend:

@@ -4,7 +4,7 @@ out, and a clear refusal of request features a plain local model cannot honour."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.errors import InvalidRequestError
@@ -13,20 +13,31 @@ from workers.protocol import ChatJob
 
 @dataclass
 class Decoder:
-    """Turns token ids into text deltas, holding back what could still become a stop string."""
+    """Turns token ids into text deltas, holding back what could still become a stop string.
+
+    Decodes a sliding window of ids per token, as vLLM does (the text of the window minus
+    the text of its already-read prefix), so a long answer costs O(1) per token, and
+    tokenizers that drop a leading space at a slice boundary still give the right text.
+    """
 
     tokenizer: Any
     stops: tuple[str, ...]
-    ids: list[int]
-    sent: int = 0
+    ids: list[int] = field(default_factory=list)
     text: str = ""
+    sent: int = 0
+    prefix: int = 0  # window start
+    read: int = 0  # ids up to here are already in `text`
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add a token; return (new text safe to send, hit a stop string)."""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if self.text.endswith("\ufffd"):
-            return "", False  # an incomplete UTF-8 sequence: wait for the next token
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        window = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(window) <= len(before) or window.endswith("\ufffd"):
+            return "", False  # no new character yet (an incomplete UTF-8 sequence)
+        self.text += window[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
         for stop in self.stops:
             at = self.text.find(stop, max(0, self.sent - len(stop) + 1))
             if at != -1:
