@@ -2,12 +2,16 @@
 128 greedy tokens through (a) model.generate one at a time, (b) one padded model.generate
 batch, (c) transformers' ContinuousBatchingManager, (d) our BatchEngine — in one run.
 
-    .venv/bin/python bench/batching_choice.py [--requests 8] [--tokens 128]
+    .venv/bin/python bench/batching_choice.py [--requests 8] [--tokens 128] [--rounds 2]
+
+Contenders run in rotation, `--rounds` times, each on a fresh thread; medians are printed
+(this machine's speed drifts by a third within minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -43,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     n, prompts = args.tokens, (PROMPTS * 4)[: args.requests]
     cache = Path("~/.cache/inference-router/models").expanduser()
@@ -101,16 +106,23 @@ def main() -> None:
         [t.join() for t in threads]
         return sum(made)
 
-    base_tokens, base_time = timed(one_at_a_time)
-    base = base_tokens / base_time
-    print(f"\n{len(ids)} requests x {n} greedy tokens, float32, CPU\n")
+    contenders = {
+        "model.generate, one at a time": one_at_a_time,
+        "model.generate, one padded batch": padded,
+        "ContinuousBatchingManager": cbm,
+        "BatchEngine (ours)": ours,
+    }
+    speeds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            produced, seconds = timed(fn)
+            speeds[name].append(produced / seconds)
+    base = statistics.median(speeds["model.generate, one at a time"])
+    print(f"\n{len(ids)} requests x {n} greedy tokens, float32, CPU, medians of {args.rounds}\n")
     print(f"{'':40}{'tok/s':>8}{'x base':>8}")
-    print(f"{'model.generate, one at a time':40}{base:8.1f}{1:8.2f}")
-    for label, fn in (("model.generate, one padded batch", padded),
-                      ("ContinuousBatchingManager", cbm),
-                      ("BatchEngine (ours)", ours)):  # fmt: skip
-        produced, seconds = timed(fn)
-        print(f"{label:40}{produced / seconds:8.1f}{produced / seconds / base:8.2f}")
+    for name, values in speeds.items():
+        speed = statistics.median(values)
+        print(f"{name:40}{speed:8.1f}{speed / base:8.2f}")
 
 
 if __name__ == "__main__":
