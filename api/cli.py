@@ -2,12 +2,15 @@
 
 irouter models list|add|remove        irouter backends list|add|enable|disable
 irouter agents                        irouter redis    (what `make run` starts)
-irouter init                          (create and seed the registry database)
+irouter init                          irouter providers (the provider worker `make run` starts)
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from collections.abc import Mapping
 
 import click
 from dotenv import load_dotenv
@@ -70,3 +73,35 @@ def agents(as_json: bool) -> None:
         row = f"{w['id']:32} {w.get('queues', ''):16} {w.get('models', '') or '-':16} "
         row += f"{w.get('device', '-'):7} {w.get('dtype', '-'):8} {load:>5}"
         click.echo(f"{row}  {state}")
+
+
+def enabled_provider_queues(env: Mapping[str, str]) -> list[str]:
+    """Queues of the seeded provider backends whose key (or base URL) is set in `env`."""
+    from registry.seed import load_seed
+
+    return [b.queue for b in load_seed().backends if b.enable_if_env and env.get(b.enable_if_env)]
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=int, default=None, help="Default: 1000 greenlets.")
+def providers(concurrency: int | None) -> None:
+    """Run one gevent worker for every provider queue whose key is set; idle if none is.
+
+    Idling (rather than exiting) keeps `make run`'s other processes up: honcho stops all
+    of them when one exits."""
+    queues = enabled_provider_queues(os.environ)
+    if not queues:
+        click.echo(
+            "no provider key set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, "
+            "OPENROUTER_API_KEY, XAI_API_KEY, VENICE_API_KEY, LLMD_BASE_URL): "
+            "no provider worker started"
+        )
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            signal.pause()
+    args = ["celery", "-A", "tasks", "worker", "-Q", ",".join(queues), "-P", "gevent"]
+    args += ["-n", "providers@%h", "-l", "info"]
+    if concurrency:
+        args += ["-c", str(concurrency)]
+    click.echo(f"provider worker for {', '.join(queues)}")
+    os.execvp(args[0], args)

@@ -23,4 +23,7 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "REGISTRY_TTL": 1.0,  # registry changes are seen within this many seconds
         "KEEPALIVE": 15.0,  # SSE comment / WebSocket ping interval while idle
         "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bigger bodies get 413
+        # client request headers passed on to backends that forward them (llm-d routing:
+        # session affinity); comma-separated, case-insensitive
+        "FORWARD_HEADERS": "x-session-token",
     }

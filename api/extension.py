@@ -9,22 +9,34 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
 from flask import current_app
 
 from registry.db import init_db, make_engine
-from registry.queries import ModelRoute, Snapshot, load_snapshot
+from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
 from tasks.dispatch import make_celery
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
 
+#: Kinds whose workers announce the models they can serve; a route of one of these kinds is
+#: available only while a live worker announces its model (local: loaded; llm-d: served by
+#: the cluster, as its /v1/models says).
+ANNOUNCING_KINDS = frozenset({"local", "llm-d"})
+
+#: Kinds whose announced models join the registry without being added by hand.
+DISCOVERING_KINDS = frozenset({"llm-d"})
+
+DISCOVERED_CONTEXT = 32768  # context window of a discovered model that reports none
+
 
 class RegistryCache:
     """The registry as of at most `ttl` seconds ago: CLI changes show up without a restart,
-    and the database is read once per second, not once per request."""
+    and the database is read once per second, not once per request. Models that live
+    llm-d workers discovered on their cluster are added to each snapshot."""
 
-    def __init__(self, engine: Any, ttl: float) -> None:
-        self.engine, self.ttl = engine, ttl
+    def __init__(self, engine: Any, ttl: float, liveness: Liveness | None = None) -> None:
+        self.engine, self.ttl, self.liveness = engine, ttl, liveness
         self._snapshot: Snapshot | None = None
         self._loaded = 0.0
         self._lock = threading.Lock()
@@ -33,15 +45,52 @@ class RegistryCache:
         if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
             with self._lock:
                 if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
-                    self._snapshot = load_snapshot(self.engine)
+                    snapshot = load_snapshot(self.engine)
+                    self._snapshot = snapshot.with_routes(self._discovered(snapshot))
                     self._loaded = time.monotonic()
         return self._snapshot
 
+    def _discovered(self, snapshot: Snapshot) -> list[ModelRoute]:
+        if self.liveness is None:
+            return []
+        routes = []
+        for backend in snapshot.backends():
+            if backend.kind in DISCOVERING_KINDS and backend.enabled:
+                announced = self.liveness.announced(backend.queue)
+                routes += [discovered_route(backend, m, w) for m, w in announced.items()]
+        return routes
+
+
+def discovered_route(backend: BackendInfo, model: str, worker: Mapping[str, str]) -> ModelRoute:
+    """A route for a model a cluster serves but the registry does not list; its context
+    window is the cluster's `max_model_len` when the worker reported one."""
+    try:
+        lengths = orjson.loads(worker.get("llmd_models") or "{}")
+    except orjson.JSONDecodeError:
+        lengths = {}
+    context = int(lengths.get(model) or DISCOVERED_CONTEXT)
+    return ModelRoute(
+        id=model,
+        backend=backend.name,
+        kind=backend.kind,
+        queue=backend.queue,
+        upstream=model,
+        context_window=context,
+        max_tokens=context,
+        input_price=0.0,
+        output_price=0.0,
+        aliases=(),
+        base_url=backend.base_url,
+        api_key_env=backend.api_key_env,
+        enabled=backend.enabled,
+        created=int(float(worker.get("started") or 0)),
+    )
+
 
 def _target(route: ModelRoute) -> tuple[str, str | None]:
-    """What must be alive for a route: its queue, and for local models the model itself
-    (a local worker serves only the models it loaded)."""
-    return route.queue, route.upstream if route.kind == "local" else None
+    """What must be alive for a route: its queue, and for announcing kinds the model itself
+    (a local worker serves only the models it loaded; a cluster only those it serves)."""
+    return route.queue, route.upstream if route.kind in ANNOUNCING_KINDS else None
 
 
 class LiveWorkers:
@@ -69,12 +118,11 @@ class LiveWorkers:
     def counts(self, routes: Iterable[ModelRoute]) -> dict[str, int]:
         """Live workers per route id, in one round trip per kind of target."""
         routes = list(routes)
-        queues = self.liveness.live_counts(r.queue for r in routes if r.kind != "local")
-        models = self.liveness.live_model_counts(
-            (r.queue, r.upstream) for r in routes if r.kind == "local"
-        )
+        by_model = [r for r in routes if r.kind in ANNOUNCING_KINDS]
+        queues = self.liveness.live_counts(r.queue for r in routes if r not in by_model)
+        models = self.liveness.live_model_counts((r.queue, r.upstream) for r in by_model)
         return {
-            r.id: models[(r.queue, r.upstream)] if r.kind == "local" else queues[r.queue]
+            r.id: models[(r.queue, r.upstream)] if r in by_model else queues[r.queue]
             for r in routes
         }
 
@@ -91,7 +139,7 @@ class Router:
         self.live = LiveWorkers(self.liveness)
         self.engine = make_engine(config["DATABASE_URL"])
         init_db(self.engine, env)
-        self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]))
+        self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]), self.liveness)
 
 
 def router() -> Router:

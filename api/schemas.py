@@ -127,8 +127,17 @@ def completion_body(
     text: str,
     finish_reason: str | None,
     usage: Usage | None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A non-streaming `chat.completion`."""
+    """A non-streaming `chat.completion`; with tool calls and no text, `content` is null."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text if text or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -138,8 +147,8 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
+                "message": message,
+                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
                 "finish_reason": finish_reason,
             }
         ],
@@ -154,15 +163,17 @@ def chunk_body(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     with_usage_field: bool = False,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One `chat.completion.chunk`; with include_usage every chunk carries `usage: null`."""
+    lp = {"content": logprobs, "refusal": None} if logprobs else None
     body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}],
     }
     if with_usage_field:
         body["usage"] = None

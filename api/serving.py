@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from api.extension import Router
+from api.extension import ANNOUNCING_KINDS, Router
 from api.schemas import ChatCompletionRequest, completion_body
 from registry.queries import ModelRoute
 from tasks.dispatch import enqueue
@@ -55,6 +55,8 @@ class ChatService:
         self.router = router
         self.worker_wait = float(router.config["WORKER_WAIT"])
         self.timeout = float(router.config["REQUEST_TIMEOUT"])
+        names = str(router.config.get("FORWARD_HEADERS") or "").split(",")
+        self.forward = {n.strip().lower() for n in names if n.strip()}
 
     def resolve(self, model: str) -> ModelRoute:
         """Registry lookup by id or alias; 404 model_not_found like OpenAI."""
@@ -78,7 +80,7 @@ class ChatService:
         give_up = time.monotonic() + self.worker_wait
         while not self.router.live.any(route):
             if time.monotonic() >= give_up:
-                what = f"model `{route.upstream}` on " if route.kind == "local" else ""
+                what = f"model `{route.upstream}` on " if route.kind in ANNOUNCING_KINDS else ""
                 raise ServiceUnavailableError(
                     f"No worker is serving {what}queue `{route.queue}`. Start one with "
                     f"`celery -A tasks worker -Q {route.queue}`.",
@@ -87,8 +89,18 @@ class ChatService:
                 )
             time.sleep(0.25)
 
+    def forwarded(self, headers: Iterable[tuple[str, str]] | None) -> dict[str, str]:
+        """The request headers the operator chose to pass on to backends (FORWARD_HEADERS)."""
+        found = {k.lower(): v for k, v in (headers or ()) if k.lower() in self.forward}
+        return dict(sorted(found.items()))
+
     def submit(
-        self, req: ChatCompletionRequest, *, idempotency_key: str | None = None, digest: str = ""
+        self,
+        req: ChatCompletionRequest,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+        headers: Iterable[tuple[str, str]] | None = None,
     ) -> Submitted:
         """Validate routing, store the job and put it on its backend's queue."""
         route = self.resolve(req.model)
@@ -106,6 +118,7 @@ class ChatService:
             extra=req.extra(),
             base_url=route.base_url,
             api_key_env=route.api_key_env,
+            headers=self.forwarded(headers),
             created=now,
             deadline=now + self.timeout,
         )
@@ -170,6 +183,8 @@ class ChatService:
             transcript.text,
             final.finish_reason,
             final.usage,
+            transcript.tools.calls(),
+            transcript.logprobs,
         )
 
 

@@ -46,14 +46,23 @@ def sse_event(event: StreamEvent) -> bytes:
 class Resync:
     """After a worker was lost and the job restarted, the client has text it cannot take
     back: skip the regenerated prefix it already has, then carry on. Temperature-0 jobs
-    regenerate the same text; if a sampled one diverges, the stream ends with an error."""
+    regenerate the same text; if a sampled one diverges, the stream ends with an error.
+    Tool calls cannot be replayed (providers mint new call ids), so a restart after one
+    was sent ends the stream with that error too."""
 
     def __init__(self) -> None:
         self.sent = ""
         self.replay: str | None = None
+        self.sent_tools = False
 
     def restart(self) -> None:
-        self.replay = "" if self.sent else None
+        self.replay = "" if self.sent or self.sent_tools else None
+
+    def tools(self) -> None:
+        """Tool-call fragments are about to go out."""
+        if self.replay is not None and (self.sent_tools or len(self.replay) < len(self.sent)):
+            raise UpstreamError("The job restarted after a worker failure and diverged.")
+        self.replay, self.sent_tools = None, True
 
     def feed(self, delta: str) -> str:
         if self.replay is None:
@@ -64,7 +73,7 @@ class Resync:
             if not self.sent.startswith(self.replay):
                 raise UpstreamError("The job restarted after a worker failure and diverged.")
             return ""
-        if not self.replay.startswith(self.sent):
+        if self.sent_tools or not self.replay.startswith(self.sent):
             raise UpstreamError("The job restarted after a worker failure and diverged.")
         out, self.sent, self.replay = self.replay[len(self.sent) :], self.replay, None
         return out
@@ -94,6 +103,18 @@ def chat_chunks(
     return _chat_sse(service, sub, include_usage, keepalive, chain(head, events))
 
 
+def token_delta(event: StreamEvent, resync: Resync) -> dict[str, Any]:
+    """The chunk `delta` of one token event: its new text and its tool-call fragments."""
+    delta: dict[str, Any] = {}
+    text = resync.feed(event.delta) if event.delta else ""
+    if text:
+        delta["content"] = text
+    if event.tool_calls:
+        resync.tools()
+        delta["tool_calls"] = event.tool_calls
+    return delta
+
+
 def _chat_sse(
     service: ChatService,
     sub: Submitted,
@@ -103,8 +124,11 @@ def _chat_sse(
 ) -> Iterator[bytes]:
     cid, created, model = completion_id(sub.job_id), sub.created, sub.route.id
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return sse_data(chunk_body(cid, created, model, delta, finish, include_usage))
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, logprobs: list[Any] | None = None
+    ) -> bytes:
+        body = chunk_body(cid, created, model, delta, finish, include_usage, logprobs)
+        return sse_data(body)
 
     finished, resync = False, Resync()
     try:
@@ -113,9 +137,9 @@ def _chat_sse(
             if event is None:
                 yield KEEPALIVE
             elif event.type is Event.TOKEN:
-                text = resync.feed(event.delta)
-                if text:
-                    yield chunk({"content": text})
+                delta = token_delta(event, resync)
+                if delta:
+                    yield chunk(delta, logprobs=event.logprobs)
             elif event.type is Event.RESTART:
                 resync.restart()
             elif event.type is Event.DONE:

@@ -109,6 +109,14 @@ class Snapshot:
         """Models sorted by id; by default only those whose backend is enabled."""
         return [r for r in self._routes.values() if r.enabled or not enabled_only]
 
+    def with_routes(self, extra: Iterable[ModelRoute]) -> Snapshot:
+        """This snapshot plus `extra` routes (discovered ones); registry ids and aliases win."""
+        taken = set(self._routes) | set(self._aliases)
+        added = [r for r in extra if r.id not in taken]
+        if not added:
+            return self
+        return Snapshot([*self._routes.values(), *added], self._backends)
+
     def backends(self) -> list[BackendInfo]:
         """All backends, sorted by name."""
         return list(self._backends)

@@ -1,14 +1,16 @@
 """Job stream events: how they are written as Redis Stream fields and read back.
 
 A stream holds, per attempt: optional `restart`, then `token`s with a `seq`, then one
-terminal event (`done`, `error` or `cancelled`). `Transcript` folds events into the
-answer so far, dropping a previous attempt's text when a `restart` arrives.
+terminal event (`done`, `error` or `cancelled`). A token carries text (`delta`) and, when
+the backend sent them, tool-call fragments and logprobs as JSON. `Transcript` folds
+events into the answer so far, dropping a previous attempt's text when a `restart` arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -16,8 +18,22 @@ from tasks.keys import Event
 from workers.protocol import Done, ErrorInfo, Usage
 
 
-def token_fields(seq: int, delta: str) -> dict[str, str]:
-    return {"type": Event.TOKEN.value, "seq": str(seq), "delta": delta}
+def token_fields(
+    seq: int,
+    delta: str,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, str]:
+    fields = {"type": Event.TOKEN.value, "seq": str(seq), "delta": delta}
+    if tool_calls:
+        fields["tool_calls"] = orjson.dumps(tool_calls).decode()
+    if logprobs:
+        fields["logprobs"] = orjson.dumps(logprobs).decode()
+    return fields
+
+
+def _json_list(raw: str | None) -> list[dict[str, Any]] | None:
+    return orjson.loads(raw) if raw else None
 
 
 def done_fields(done: Done) -> dict[str, str]:
@@ -48,12 +64,21 @@ class StreamEvent:
     finish_reason: str | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
     @classmethod
     def decode(cls, entry_id: str, fields: dict[str, str]) -> StreamEvent:
         kind = Event(fields["type"])
         if kind is Event.TOKEN:
-            return cls(entry_id, kind, seq=int(fields["seq"]), delta=fields["delta"])
+            return cls(
+                entry_id,
+                kind,
+                seq=int(fields["seq"]),
+                delta=fields["delta"],
+                tool_calls=_json_list(fields.get("tool_calls")),
+                logprobs=_json_list(fields.get("logprobs")),
+            )
         if kind is Event.RESTART:
             return cls(entry_id, kind, attempt=int(fields.get("attempt", 0)))
         if kind is Event.DONE:
@@ -67,7 +92,12 @@ class StreamEvent:
     def payload(self) -> dict[str, object]:
         """The event as the jobs SSE endpoint and the WebSocket send it."""
         if self.type is Event.TOKEN:
-            return {"seq": self.seq, "delta": self.delta}
+            body: dict[str, object] = {"seq": self.seq, "delta": self.delta}
+            if self.tool_calls:
+                body["tool_calls"] = self.tool_calls
+            if self.logprobs:
+                body["logprobs"] = self.logprobs
+            return body
         if self.type is Event.RESTART:
             return {"attempt": self.attempt}
         if self.type is Event.DONE:
@@ -78,11 +108,39 @@ class StreamEvent:
         return {}
 
 
+class ToolCalls:
+    """Streamed tool-call fragments merged into whole calls, as OpenAI clients merge them:
+    by `index`, the first fragment carrying id, type and name, the rest more arguments."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, fragments: list[dict[str, Any]] | None) -> None:
+        for frag in fragments or []:
+            call = self._calls.setdefault(
+                int(frag.get("index", 0)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if frag.get("id"):
+                call["id"] = frag["id"]
+            if frag.get("type"):
+                call["type"] = frag["type"]
+            fn = frag.get("function") or {}
+            call["function"]["name"] += fn.get("name") or ""
+            call["function"]["arguments"] += fn.get("arguments") or ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The merged calls in index order (the non-streaming `message.tool_calls`)."""
+        return [self._calls[i] for i in sorted(self._calls)]
+
+
 @dataclass
 class Transcript:
     """The answer so far, folded from events in order."""
 
     parts: list[str] = field(default_factory=list)
+    tools: ToolCalls = field(default_factory=lambda: ToolCalls())
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     last_id: str = "0-0"
     restarts: int = 0
     final: StreamEvent | None = None
@@ -99,8 +157,12 @@ class Transcript:
         self.last_id = event.id
         if event.type is Event.TOKEN:
             self.parts.append(event.delta)
+            self.tools.add(event.tool_calls)
+            self.logprobs += event.logprobs or []
         elif event.type is Event.RESTART:
             self.parts.clear()
+            self.tools = ToolCalls()
+            self.logprobs = []
             self.restarts += 1
         else:
             self.final = event

@@ -34,9 +34,9 @@ class JobWriter:
         deadline = job.deadline or time.time() + rt.settings.request_timeout
         self.lifetime = max(1, int(deadline - time.time())) + rt.settings.job_ttl
 
-    def token(self, delta: str) -> None:
+    def token(self, chunk: Chunk) -> None:
         expire = self.lifetime if self.seq == 0 else 0
-        fields = token_fields(self.seq, delta)
+        fields = token_fields(self.seq, chunk.delta, chunk.tool_calls, chunk.logprobs)
         self.rt.publisher.token(self.job.id, f"{self.base}-{self.seq}", fields, expire)
         self.seq += 1
 
@@ -96,8 +96,8 @@ def _stream(rt: WorkerRuntime, job: ChatJob, writer: JobWriter) -> None:
             if isinstance(item, Done):
                 writer.done(item)
                 return
-            if item.delta:
-                writer.token(item.delta)
+            if item:
+                writer.token(item)
             if writer.stop_requested():
                 writer.cancelled()
                 return

@@ -1,8 +1,8 @@
 """The one task, how jobs are put on their queue, and the worker lifecycle hooks.
 
-`celeryd_after_setup` (logging is up, consuming has not begun) loads the backends a worker's
-queues need (the local model, once) and then starts the heartbeat, so a worker is
-announced only when it can serve.
+`celeryd_after_setup` (logging is up, consuming has not begun) builds the backends a worker's
+queues need (the local model, loaded once; provider clients; the llm-d cluster poller) and
+then starts the heartbeat, so a worker is announced only when it can serve.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tasks.execute import run_job
 from tasks.keys import PROVIDER_QUEUES, TASK_NAME
 from tasks.liveness import Requeued
 from tasks.runtime import runtime
+from workers.providers import queue_kinds
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
         started = time.monotonic()
         rt.backend("local")  # load the model now, not on the first request
         log.info("local model ready in %.1fs", time.monotonic() - started)
+    for kind in sorted(set(queue_kinds(queues).values())):
+        rt.backend(kind)  # a misconfigured provider fails here, at start, not per request
     pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
     info = {
         "hostname": socket.gethostname(),

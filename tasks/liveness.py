@@ -81,6 +81,17 @@ class Liveness:
     def _count(self, zsets: list[str]) -> list[int]:
         return [int(c) for c in self._live(keys=zsets)] if zsets else []
 
+    def announced(self, queue: str) -> dict[str, dict[str, str]]:
+        """Models announced by the live workers of `queue`: model -> that worker's facts."""
+        now = self.server_time()
+        found: dict[str, dict[str, str]] = {}
+        for w in self.workers():
+            if float(w["alive_until"]) <= now or queue not in w.get("queues", "").split(","):
+                continue
+            for model in filter(None, w.get("models", "").split(",")):
+                found.setdefault(model, w)
+        return found
+
     def server_time(self) -> float:
         """Redis's clock, the one every `alive_until` is measured against."""
         seconds, micros = cast(Any, self.redis.time())

@@ -146,15 +146,27 @@ def worker(start_worker: Callable[..., Worker]) -> Worker:
 
 
 @pytest.fixture(scope="session")
-def api_url(stack: Stack, worker: Worker) -> str:
-    """The API under gunicorn with gevent workers, as the Procfile runs it."""
-    port = free_port()
-    args = [str(BIN / "gunicorn"), "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}"]
-    args += ["--graceful-timeout", "5", "api:create_app()"]
-    stack.spawn("api", args, ROUTER_WORKER_WAIT="3")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(url + "/healthz"), 30, "the API", stack.tmp / "api.log")
-    return url
+def start_api(stack: Stack) -> Callable[..., str]:
+    """Start the API under gunicorn with gevent workers, as the Procfile runs it; its URL."""
+    counter = iter(range(1000))
+
+    def start(name: str = "", **env: str) -> str:
+        name = name or f"api{next(counter)}"
+        port = free_port()
+        args = [str(BIN / "gunicorn"), "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}"]
+        args += ["--graceful-timeout", "5", "api:create_app()"]
+        stack.spawn(name, args, **{"ROUTER_WORKER_WAIT": "3", **env})
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(url + "/healthz"), 30, name, stack.tmp / f"{name}.log")
+        return url
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def api_url(start_api: Callable[..., str], worker: Worker) -> str:
+    """The session's API, in front of the local worker."""
+    return start_api("api")
 
 
 def _answers(url: str) -> bool:

@@ -29,8 +29,38 @@ def _local(env: Mapping[str, str]) -> Backend:
     return LocalBackend.from_env(env)
 
 
+def _openai_compat(env: Mapping[str, str]) -> Backend:
+    from workers.openai_compat import OpenAICompatBackend
+
+    return OpenAICompatBackend.from_env(env)
+
+
+def _anthropic(env: Mapping[str, str]) -> Backend:
+    from workers.anthropic import AnthropicBackend
+
+    return AnthropicBackend.from_env(env)
+
+
+def _google(env: Mapping[str, str]) -> Backend:
+    from workers.google import GoogleBackend
+
+    return GoogleBackend.from_env(env)
+
+
+def _llmd(env: Mapping[str, str]) -> Backend:
+    from workers.llmd import LlmdBackend
+
+    return LlmdBackend.from_env(env)
+
+
 #: backend kind -> factory(env). Imports are deferred so a provider worker never loads torch.
-FACTORIES: dict[str, BackendFactory] = {"local": _local}
+FACTORIES: dict[str, BackendFactory] = {
+    "local": _local,
+    "openai-compatible": _openai_compat,
+    "anthropic": _anthropic,
+    "google": _google,
+    "llm-d": _llmd,
+}
 
 
 def create_backend(kind: str, env: Mapping[str, str]) -> Backend:

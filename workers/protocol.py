@@ -35,7 +35,8 @@ class ChatJob:
     `upstream_model` is the name the backend knows; `model` the public id the client
     asked for. `api_key_env` names the environment variable holding the key: the key
     itself never travels. `extra` carries pass-through request fields (tools,
-    response_format, ...) for backends that understand them.
+    response_format, logprobs, user, ...) for backends that understand them; `headers`
+    the client request headers the operator chose to forward (llm-d routing hints).
     """
 
     id: str
@@ -48,6 +49,7 @@ class ChatJob:
     extra: dict[str, Any] = field(default_factory=dict)
     base_url: str | None = None
     api_key_env: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     deadline: float | None = None
 
@@ -69,9 +71,16 @@ class ChatJob:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of generated text, in order."""
+    """A piece of the answer, in order: text, and/or tool-call fragments in OpenAI's
+    streaming shape (`[{"index", "id"?, "type"?, "function": {"name"?, "arguments"}}]`),
+    and the OpenAI `logprobs.content` entries of the tokens in `delta`."""
 
-    delta: str
+    delta: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.delta or self.tool_calls or self.logprobs)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def job_body(rec: JobRecord, transcript: Transcript) -> dict[str, object]:
             transcript.text,
             final.finish_reason,
             final.usage,
+            transcript.tools.calls(),
+            transcript.logprobs,
         )
     elif final is not None and final.type is Event.ERROR and final.error:
         error = final.error.body()["error"]
@@ -76,7 +78,10 @@ def create_job() -> Response:
         raise InvalidRequestError("Idempotency-Key is longer than 255 characters.")
     try:
         sub = chat_service().submit(
-            req, idempotency_key=key, digest=body_digest(request.get_data())
+            req,
+            idempotency_key=key,
+            digest=body_digest(request.get_data()),
+            headers=request.headers.items(),
         )
     except IdempotencyConflict as exc:
         raise ConflictError(

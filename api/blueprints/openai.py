@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, stream_with_context
+from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.extension import router
 from api.http import chat_service, json_body, json_response, route_headers
@@ -21,7 +21,7 @@ def chat_completions() -> Response:
     """Create a chat completion; with `stream: true`, as server-sent events."""
     req = parse_chat_request(json_body())
     service = chat_service()
-    sub = service.submit(req)
+    sub = service.submit(req, headers=request.headers.items())
     headers = route_headers(sub)
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -98,7 +98,7 @@ def chat_socket(ws: Any) -> None:
             body = orjson.loads(raw)
             if isinstance(body, dict) and body.get("type") == "cancel":
                 continue  # nothing running between requests
-            sub = service.submit(parse_chat_request(body))
+            sub = service.submit(parse_chat_request(body), headers=request.headers.items())
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue

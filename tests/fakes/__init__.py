@@ -1,0 +1,1 @@
+"""Small local HTTP servers speaking the providers' documented wire formats."""
