@@ -73,8 +73,11 @@ class ChatCompletionRequest(BaseModel):
         )
 
     def extra(self) -> dict[str, Any]:
-        """Fields we do not interpret, passed through to backends that do (tools, ...)."""
-        return dict(self.model_extra or {})
+        """Fields we do not interpret, passed through to backends that do (tools, user, ...)."""
+        extra = dict(self.model_extra or {})
+        if self.user is not None:
+            extra["user"] = self.user
+        return extra
 
     def messages_as_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]

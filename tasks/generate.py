@@ -40,6 +40,8 @@ def _requeue(job: Requeued) -> None:
 def _on_worker_setup(instance: Any = None, **_: Any) -> None:
     worker = instance
     queues = sorted(worker.app.amqp.queues.consume_from or ["celery"])
+    for name in ("httpx", "httpx2"):  # one INFO line per upstream request and health poll
+        logging.getLogger(name).setLevel(logging.WARNING)
     # a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH says otherwise)
     os.environ.setdefault("LOCAL_MAX_BATCH", str(worker.concurrency))
     rt = runtime()

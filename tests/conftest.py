@@ -81,6 +81,15 @@ class Worker:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def stop(self) -> None:
+        """Warm shutdown (it says goodbye), so it stops consuming its queues for later tests."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

@@ -49,7 +49,7 @@ class RouterError(Exception):
     @classmethod
     def from_info(cls, info: ErrorInfo) -> RouterError:
         """Re-raise an error that crossed the token stream, keeping its status and type."""
-        err = cls(info.message, param=info.param, code=info.code)
+        err = cls(info.message, param=info.param, code=info.code, retry_after=info.retry_after)
         err.status_code, err.type = info.status, info.type
         return err
 
@@ -60,6 +60,7 @@ class RouterError(Exception):
             code=self.code,
             param=self.param,
             status=self.status_code,
+            retry_after=self.retry_after,
         )
 
 

@@ -112,13 +112,15 @@ class Done:
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """An error in OpenAI's shape plus the HTTP status the client should see."""
+    """An error in OpenAI's shape plus the HTTP status the client should see, and for 429 /
+    503 how many seconds to wait (sent as the Retry-After header, not in the body)."""
 
     message: str
     type: str = "server_error"
     code: str | None = None
     param: str | None = None
     status: int = 500
+    retry_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -64,17 +64,21 @@ def _json_headers(raw: str | None, name: str) -> dict[str, str]:
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise RouterError(f"{name} must be a JSON object of header names to values.",
-                          code="worker_misconfigured")  # fmt: skip
+        raise RouterError(
+            f"{name} must be a JSON object of header names to values.", code="worker_misconfigured"
+        )
     return {str(k): str(v) for k, v in parsed.items()}
 
 
-def backend_endpoint(backend: str, env: Mapping[str, str], base_url: str | None = None,
-                     key_env: str | None = None) -> Endpoint:  # fmt: skip
+def backend_endpoint(
+    backend: str, env: Mapping[str, str], base_url: str | None = None, key_env: str | None = None
+) -> Endpoint:
     """Settings of `backend` from providers.json and `env` (no job needed: health polls)."""
     spec, prefix = provider_table().get(backend, {}), env_prefix(backend)
-    headers = {**spec.get("headers", {}), **_json_headers(env.get(f"{prefix}_HEADERS"),
-                                                          f"{prefix}_HEADERS")}  # fmt: skip
+    headers = {
+        **spec.get("headers", {}),
+        **_json_headers(env.get(f"{prefix}_HEADERS"), f"{prefix}_HEADERS"),
+    }
     timeout = float(env.get(f"{prefix}_TIMEOUT") or spec.get("timeout") or DEFAULT_TIMEOUT)
     return Endpoint(
         backend=backend,
@@ -102,6 +106,12 @@ def endpoint(job: ChatJob, env: Mapping[str, str], *, key_required: bool = True)
             code="worker_misconfigured",
         )
     if provider_table().get(job.backend, {}).get("forward_request_headers"):
-        ep = Endpoint(ep.backend, ep.base_url, ep.key, {**ep.headers, **job.headers},
-                      ep.timeout, ep.connect_timeout)  # fmt: skip
+        ep = Endpoint(
+            ep.backend,
+            ep.base_url,
+            ep.key,
+            {**ep.headers, **job.headers},
+            ep.timeout,
+            ep.connect_timeout,
+        )
     return ep

@@ -171,8 +171,9 @@ def retrying(
             late = deadline is not None and time.time() + (wait or 0) >= deadline
             if wait is None or late:
                 raise
-            log.warning("%s: %s (%s); retry %d in %.2fs", what, err.status_code, err.code,
-                        attempt, wait)  # fmt: skip
+            log.warning(
+                "%s: %s (%s); retry %d in %.2fs", what, err.status_code, err.code, attempt, wait
+            )
             sleep(wait)
             continue
         break

@@ -14,3 +14,4 @@ def test_provider_queue_worker_runs_gevent_and_local_runs_threads(
     assert pools[str(provider.proc.pid)]["queues"] == "anthropic,openai"
     assert pools[str(worker.proc.pid)]["pool"] == "thread"
     assert b"torch" not in provider.log.read_bytes()  # provider workers never load a model
+    provider.stop()

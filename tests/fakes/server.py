@@ -84,11 +84,13 @@ class FakeServer:
             def _handle(self) -> None:
                 fake._serve(self)
 
-            do_GET = do_POST = do_DELETE = _handle  # noqa: N815
+            do_GET = do_POST = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -123,7 +125,15 @@ class FakeServer:
             reply = Reply(404, {"error": {"message": f"no route {h.command} {path}"}})
         else:
             reply = handler(req)
-        _write(h, reply)
+        try:
+            _write(h, reply)
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True  # the client went away (cancelled, timed out): fine
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client hanging up mid-reply is what several tests do on purpose
 
 
 def _write(h: BaseHTTPRequestHandler, reply: Reply) -> None:
@@ -154,8 +164,9 @@ def _write(h: BaseHTTPRequestHandler, reply: Reply) -> None:
     h.wfile.flush()
 
 
-def sse(events: Iterable[Any], *, event_names: Iterable[str] | None = None,
-        done: bool = False) -> list[bytes]:  # fmt: skip
+def sse(
+    events: Iterable[Any], *, event_names: Iterable[str] | None = None, done: bool = False
+) -> list[bytes]:
     """SSE frames of JSON payloads (with `event:` lines when names are given)."""
     names = list(event_names) if event_names is not None else None
     frames = []

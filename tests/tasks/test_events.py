@@ -8,7 +8,9 @@ from tasks.keys import Event
 CALL_START = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}]
 CALL_MORE = [{"index": 0, "function": {"arguments": '{"city": '}}]
 CALL_END = [{"index": 0, "function": {"arguments": '"Paris"}'}}]
-SECOND = [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}}]  # fmt: skip
+SECOND = [
+    {"index": 1, "id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+]
 
 
 def event(seq: int, delta: str = "", tools=None, logprobs=None) -> StreamEvent:  # type: ignore[no-untyped-def]
@@ -28,13 +30,22 @@ def test_tool_calls_and_logprobs_round_trip_through_stream_fields() -> None:
 
 def test_transcript_merges_fragments_into_whole_calls() -> None:
     t = Transcript()
-    t.extend([event(0, tools=CALL_START), event(1, tools=CALL_MORE), event(2, tools=SECOND),
-              event(3, tools=CALL_END)])  # fmt: skip
+    t.extend(
+        [
+            event(0, tools=CALL_START),
+            event(1, tools=CALL_MORE),
+            event(2, tools=SECOND),
+            event(3, tools=CALL_END),
+        ]
+    )
     assert t.tools.calls() == [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
         {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
-    ]  # fmt: skip
+    ]
     assert t.text == ""
 
 

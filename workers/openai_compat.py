@@ -1,0 +1,405 @@
+"""The OpenAI-compatible backend: OpenAI, OpenRouter, xAI (grok), Venice and any operator-added
+backend of kind `openai-compatible`, called through the official `openai` SDK.
+
+    job -> build_request() -> chat.completions.create(stream=True, include_usage)
+        -> relay(): text / tool-call fragments / logprobs as Chunk, then one Done
+
+Every SDK exception becomes a RouterError in one place, `upstream_error()`; the retry loop
+of `workers.upstream` may retry a request only until its first chunk has been yielded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    OpenAI,
+    OpenAIError,
+    Stream,
+    Timeout,
+)
+from openai.resources.chat.completions import Completions
+from openai.types.chat import ChatCompletionChunk
+
+from workers.errors import GatewayTimeoutError, InvalidRequestError, RouterError, UpstreamError
+from workers.protocol import ChatJob, Chunk, Done, Usage
+from workers.providers import Endpoint, endpoint, provider_table
+from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
+
+log = logging.getLogger(__name__)
+
+#: Request fields the backend sets itself from the job; a copy left in `job.extra` is ignored.
+OWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+
+#: Keyword arguments `chat.completions.create` takes; other fields travel in `extra_body`.
+SDK_PARAMS = frozenset(inspect.signature(Completions.create).parameters) - {
+    "self",
+    "extra_headers",
+    "extra_query",
+    "extra_body",
+    "timeout",
+}
+
+#: Fields whose answer our token stream cannot carry: field -> (is it asking for it?, why).
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda v: v not in (None, 1), "only n=1 is supported"),
+    "functions": (lambda v: bool(v), "the legacy `functions` API is not relayed; use `tools`"),
+    "function_call": (
+        lambda v: v is not None,
+        "legacy `function_call` is not relayed; use `tool_choice`",
+    ),
+    "audio": (lambda v: v is not None, "audio output is not relayed"),
+    "modalities": (lambda v: "audio" in (v or ()), "audio output is not relayed"),
+}
+
+#: Upstream finish reasons -> OpenAI's; compatible servers use a few of their own.
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+    "function_call": "tool_calls",
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
+
+#: An in-stream error payload without a numeric status: its `type` or `code` -> HTTP status.
+STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 502,
+    "overloaded_error": 503,
+    "timeout": 504,
+}
+
+DETAIL_LIMIT = 500  # characters of an upstream error message relayed to the client
+
+
+# -- requests --------------------------------------------------------------------------
+def reject_unsupported(job: ChatJob) -> None:
+    """InvalidRequestError (naming field and backend) for a request we cannot relay."""
+    for name, (asks, why) in UNSUPPORTED.items():
+        if name in job.extra and asks(job.extra[name]):
+            raise InvalidRequestError(f"`{job.backend}`: {why} (`{name}`).", param=name)
+
+
+def max_tokens_field(backend: str) -> str:
+    """The request field carrying the completion cap for `backend` (providers.json)."""
+    return str(provider_table().get(backend, {}).get("max_tokens_field") or "max_tokens")
+
+
+def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]:
+    """`chat.completions.create` kwargs for `job`: always streaming with usage; the client's
+    other fields pass through (those the SDK does not name inside `extra_body`)."""
+    s = job.sampling
+    sampling = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stop": list(s.stop) or None,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        cap_field: s.max_tokens,
+    }
+    fields = {k: v for k, v in job.extra.items() if k not in OWN_FIELDS and v is not None}
+    fields.update({k: v for k, v in sampling.items() if v is not None})
+    request: dict[str, Any] = {k: v for k, v in fields.items() if k in SDK_PARAMS}
+    unknown = {k: v for k, v in fields.items() if k not in SDK_PARAMS}
+    if unknown:
+        request["extra_body"] = unknown
+    request.update(
+        model=job.upstream_model,
+        messages=job.messages,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    return request
+
+
+# -- errors ----------------------------------------------------------------------------
+def _detail(exc: APIError, ep: Endpoint) -> str:
+    """The upstream's own message (from its error body when it has one), scrubbed."""
+    body = exc.body
+    message = body.get("message") if isinstance(body, Mapping) else body
+    text = message if isinstance(message, str) and message else exc.message
+    return scrub(text.strip()[:DETAIL_LIMIT], ep.secrets())
+
+
+def _code(code: str | None) -> str | None:
+    """The upstream's error code, unless it is just the HTTP status again (vLLM, OpenRouter)."""
+    return None if code is None or code.isdigit() else code
+
+
+def _from_status(exc: APIStatusError, ep: Endpoint, midstream: bool) -> RouterError:
+    status = exc.status_code
+    return status_error(
+        status,
+        f"`{ep.backend}` upstream answered HTTP {status}: {_detail(exc, ep)}",
+        code=_code(exc.code),
+        param=exc.param,
+        retry_after=retry_after_seconds(exc.response.headers),
+    )
+
+
+def _from_timeout(exc: APITimeoutError, ep: Endpoint, midstream: bool) -> RouterError:
+    what = "stopped sending mid-stream" if midstream else "did not answer in time"
+    return GatewayTimeoutError(
+        f"`{ep.backend}` upstream {what} (connect timeout {ep.connect_timeout:g}s, "
+        f"read timeout {ep.timeout:g}s)."
+    )
+
+
+def _from_connection(exc: APIConnectionError, ep: Endpoint, midstream: bool) -> RouterError:
+    cause = scrub(str(exc.__cause__ or exc.message), ep.secrets())[:DETAIL_LIMIT]
+    if midstream:
+        return UpstreamError(
+            f"`{ep.backend}` upstream broke off the stream before it finished: {cause}",
+            code="upstream_disconnected",
+        )
+    return UpstreamError(
+        f"`{ep.backend}` upstream is unreachable: {cause}", code="upstream_unreachable"
+    )
+
+
+def _from_stream_error(exc: APIError, ep: Endpoint, midstream: bool) -> RouterError:
+    """An error payload inside a 200 stream: status from its numeric code or its type."""
+    body = exc.body if isinstance(exc.body, Mapping) else {}
+    raw = body.get("code")
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+        status = int(raw)
+    else:
+        status = STREAM_ERROR_STATUS.get(str(body.get("type")), 0)
+        status = status or STREAM_ERROR_STATUS.get(str(raw), 502)
+    return status_error(
+        status,
+        f"`{ep.backend}` upstream reported an error in its stream: {_detail(exc, ep)}",
+        code=_code(exc.code),
+        param=exc.param,
+    )
+
+
+def _from_other(exc: OpenAIError, ep: Endpoint, midstream: bool) -> RouterError:
+    text = scrub(str(exc), ep.secrets())[:DETAIL_LIMIT]
+    return UpstreamError(f"`{ep.backend}` upstream call failed: {text}")
+
+
+_TRANSLATORS: dict[type[OpenAIError], Callable[[Any, Endpoint, bool], RouterError]] = {
+    APIStatusError: _from_status,
+    APITimeoutError: _from_timeout,
+    APIConnectionError: _from_connection,
+    APIError: _from_stream_error,
+    OpenAIError: _from_other,
+}
+
+
+def upstream_error(exc: OpenAIError, ep: Endpoint, *, midstream: bool = False) -> RouterError:
+    """The RouterError for an openai SDK exception (the most specific class in the table
+    wins). `midstream`: the upstream had started answering. Messages are scrubbed of keys."""
+    for cls in type(exc).__mro__:
+        translate = _TRANSLATORS.get(cls)
+        if translate is not None:
+            return translate(exc, ep, midstream)
+    return _from_other(exc, ep, midstream)  # unreachable: OpenAIError is in the table
+
+
+# -- the stream ------------------------------------------------------------------------
+@dataclass
+class StreamState:
+    """What one upstream stream told us so far."""
+
+    backend: str
+    finish: str | None = None
+    usage: Usage | None = None
+    calls: dict[int, str] = field(default_factory=dict)  # tool-call index -> id
+
+
+def finish_reason(raw: str, backend: str) -> str:
+    """OpenAI's finish reason for an upstream's; an `error` finish is an upstream failure."""
+    if raw == "error":
+        raise UpstreamError(f"`{backend}` upstream ended the stream with an error.")
+    reason = FINISH_REASONS.get(raw)
+    if reason is None:
+        log.info("%s: unknown finish_reason %r, reported as stop", backend, raw)
+    return reason or "stop"
+
+
+def tool_fragment(raw: dict[str, Any], state: StreamState) -> dict[str, Any] | None:
+    """One tool-call delta in OpenAI's streaming shape: the first fragment of a call carries
+    id, type and name (and `arguments`, maybe ""), later ones only more `arguments`."""
+    index = raw.get("index")
+    if not isinstance(index, int):  # some servers leave it out: one call per id
+        known = [i for i, cid in state.calls.items() if cid == raw.get("id")]
+        index = known[0] if known else (len(state.calls) if raw.get("id") else 0)
+    function = raw.get("function") or {}
+    arguments = function.get("arguments") or ""
+    if index not in state.calls:
+        state.calls[index] = str(raw.get("id") or f"call_{index}")
+        return {
+            "index": index,
+            "id": state.calls[index],
+            "type": "function",
+            "function": {"name": function.get("name") or "", "arguments": arguments},
+        }
+    return {"index": index, "function": {"arguments": arguments}} if arguments else None
+
+
+def chunk_of(choice: Any, state: StreamState) -> Chunk:
+    """The Chunk for one upstream choice delta (may be empty: a role-only delta)."""
+    delta = choice.delta
+    # A refusal is text the client must see; our stream has no separate channel for it.
+    text = (getattr(delta, "content", None) or "") + (getattr(delta, "refusal", None) or "")
+    calls = [
+        frag
+        for tc in getattr(delta, "tool_calls", None) or ()
+        if (frag := tool_fragment(tc.model_dump(exclude_none=True), state)) is not None
+    ]
+    logprobs = getattr(choice, "logprobs", None)
+    entries = [e.model_dump(mode="json") for e in (getattr(logprobs, "content", None) or ())]
+    return Chunk(delta=text, tool_calls=calls or None, logprobs=entries or None)
+
+
+def relay(stream: Stream[ChatCompletionChunk], state: StreamState) -> Iterator[Chunk]:
+    """Non-empty Chunks of the upstream's first choice; finish and usage kept in `state`."""
+    for event in stream:
+        if getattr(event, "object", None) == "error":  # a flat error payload (older vLLM)
+            body = event.model_dump()
+            raise APIError(str(body.get("message") or "error"), stream.response.request, body=body)
+        for choice in getattr(event, "choices", None) or ():
+            if getattr(choice, "index", 0):
+                continue
+            chunk = chunk_of(choice, state)
+            if chunk:
+                yield chunk
+            if choice.finish_reason:
+                state.finish = finish_reason(choice.finish_reason, state.backend)
+        usage = getattr(event, "usage", None)
+        if usage is not None:
+            state.usage = Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+
+
+class OpenAICompatBackend:
+    """Streams chat jobs to OpenAI-compatible upstreams; one instance per worker process,
+    shared by every task thread, with one SDK client per (base URL, key, headers)."""
+
+    key_required = True  # llm-d: a key is optional
+    placeholder_key = ""  # sent when a backend needs no key (the SDK insists on one)
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.policy = RetryPolicy.from_env(env)
+        self._clients: dict[tuple[Any, ...], OpenAI] = {}
+        self._lock = threading.Lock()
+        self._no_usage: set[str] = set()  # backends already logged for sending no usage
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OpenAICompatBackend:
+        """A backend reading endpoints, keys and retry settings from `env`."""
+        return cls(env)
+
+    def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
+        """Chunks of the upstream's answer, then one Done; retried before the first chunk."""
+        reject_unsupported(job)
+        ep = endpoint(job, self.env, key_required=self.key_required)
+        request = build_request(job, max_tokens_field(job.backend))
+        return retrying(
+            lambda: self._attempt(job, ep, request),
+            self.policy,
+            deadline=job.deadline,
+            what=job.backend,
+        )
+
+    def client(self, ep: Endpoint, headers: Mapping[str, str]) -> OpenAI:
+        """The cached SDK client for this endpoint and these static headers."""
+        key = (ep.base_url, ep.key, tuple(sorted(headers.items())), ep.timeout, ep.connect_timeout)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = OpenAI(
+                    base_url=ep.base_url,
+                    api_key=ep.key or self.placeholder_key,
+                    default_headers=dict(headers),
+                    max_retries=0,  # `retrying` decides, once for every backend
+                    timeout=Timeout(ep.timeout, connect=ep.connect_timeout),
+                )
+            return client
+
+    def _attempt(
+        self, job: ChatJob, ep: Endpoint, request: dict[str, Any]
+    ) -> Iterator[Chunk | Done]:
+        """One upstream request, made on the first next(); closing it closes the response."""
+        # Forwarded request headers vary per job: send them per request, so that the client
+        # cache stays keyed on the operator's static headers only.
+        per_job = {k: v for k, v in ep.headers.items() if k in job.headers}
+        static = {k: v for k, v in ep.headers.items() if k not in per_job}
+        client = self.client(ep, static)
+        try:
+            stream = client.chat.completions.create(**request, extra_headers=per_job or None)
+        except OpenAIError as exc:
+            # `from None`: the SDK's own message may quote the key; only the scrubbed one goes on
+            raise upstream_error(exc, ep) from None
+        state = StreamState(job.backend)
+        try:
+            yield from relay(stream, state)
+        except OpenAIError as exc:
+            raise upstream_error(exc, ep, midstream=True) from None
+        finally:
+            stream.close()  # at once, also when the consumer stops early
+        yield self._done(state)
+
+    def _done(self, state: StreamState) -> Done:
+        if state.finish is None:
+            raise UpstreamError(
+                f"`{state.backend}` upstream ended its stream before finishing "
+                "(no finish_reason): the answer is incomplete.",
+                code="upstream_truncated",
+            )
+        if state.usage is None:
+            with self._lock:
+                first = state.backend not in self._no_usage
+                self._no_usage.add(state.backend)
+            if first:
+                log.info(
+                    "%s: the upstream streams no usage (stream_options ignored?); "
+                    "reporting zero token counts",
+                    state.backend,
+                )
+        return Done(state.finish, state.usage or Usage(0, 0))
+
+    def close(self) -> None:
+        """Close every cached SDK client (their connection pools)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
