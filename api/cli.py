@@ -1,6 +1,7 @@
 """`irouter`: manage the registry, run the bundled Redis, look at live workers.
 
-irouter models list|add|remove        irouter backends list|add|enable|disable
+irouter models list|add|remove|set|deploy|undeploy
+irouter backends list|add|enable|disable|status
 irouter agents                        irouter redis    (what `make run` starts)
 irouter init                          irouter providers (the provider worker `make run` starts)
 """
@@ -105,3 +106,42 @@ def providers(concurrency: int | None) -> None:
         args += ["-c", str(concurrency)]
     click.echo(f"provider worker for {', '.join(queues)}")
     os.execvp(args[0], args)
+
+
+@backends.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backends_status(as_json: bool) -> None:
+    """Per backend: circuit, live workers, queue depth, p50/p99 latency, error rate."""
+    import orjson
+
+    from registry.queries import load_snapshot
+    from tasks.connections import redis_client
+    from tasks.health import BackendHealth, BreakerPolicy, backend_report
+    from tasks.liveness import Liveness
+    from tasks.settings import Settings
+
+    engine = make_engine(database_url(os.environ))
+    init_db(engine, os.environ, sync=False)
+    infos = load_snapshot(engine).backends()
+    client = redis_client(Settings.from_env(os.environ).redis_url)
+    health = BackendHealth(client, BreakerPolicy.from_env(os.environ))
+    rows = backend_report(health, Liveness(client), ((b.name, b.queue, b.enabled) for b in infos))
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(
+        f"{'BACKEND':12} {'ON':3} {'CIRCUIT':9} {'WORKERS':>7} {'QUEUED':>6} "
+        f"{'REQS':>5} {'ERR%':>5} {'TTFT p50':>9} {'p99':>8} {'TOTAL p50':>9}"
+    )
+    for row in rows:
+        ttft, total = row["ttft_ms"], row["latency_ms"]
+        click.echo(
+            f"{row['name']:12} {'y' if row['enabled'] else 'n':3} {row['circuit']:9} "
+            f"{row['live_workers']:>7} {row['queue_depth']:>6} {row['requests']:>5} "
+            f"{100 * float(row['error_rate']):>5.1f} {_ms(ttft['p50']):>9} "
+            f"{_ms(ttft['p99']):>8} {_ms(total['p50']):>9}"
+        )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}ms"

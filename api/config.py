@@ -26,4 +26,9 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         # client request headers passed on to backends that forward them (llm-d routing:
         # session affinity); comma-separated, case-insensitive
         "FORWARD_HEADERS": "x-session-token",
+        # a deployment whose Celery queue holds this many waiting jobs is skipped (0: never)
+        "QUEUE_LIMIT": 200,
+        # a job still queued after this many seconds moves to another usable deployment or
+        # fallback model, if there is one (0: never)
+        "QUEUE_WAIT": 20.0,
     }

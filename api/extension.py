@@ -12,10 +12,12 @@ from typing import Any
 import orjson
 from flask import current_app
 
+from api.routing import LoadView, Picker
 from registry.db import init_db, make_engine
 from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
 from tasks.dispatch import make_celery
+from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
 
@@ -87,12 +89,6 @@ def discovered_route(backend: BackendInfo, model: str, worker: Mapping[str, str]
     )
 
 
-def _target(route: ModelRoute) -> tuple[str, str | None]:
-    """What must be alive for a route: its queue, and for announcing kinds the model itself
-    (a local worker serves only the models it loaded; a cluster only those it serves)."""
-    return route.queue, route.upstream if route.kind in ANNOUNCING_KINDS else None
-
-
 class LiveWorkers:
     """Whether a live worker can serve a route; a positive answer is trusted for `ttl` s."""
 
@@ -101,11 +97,18 @@ class LiveWorkers:
         self._seen: dict[tuple[str, str | None], float] = {}
 
     def any(self, route: ModelRoute) -> bool:
-        target = _target(route)
+        return self.any_target(route.kind, route.queue, route.upstream)
+
+    def any_target(self, kind: str, queue: str, upstream: str) -> bool:
+        """Whether a live worker serves `queue` (and, for announcing kinds, `upstream`)."""
+        target = (queue, upstream if kind in ANNOUNCING_KINDS else None)
         seen = self._seen.get(target)
         if seen is not None and time.monotonic() - seen < self.ttl:
             return True
-        alive = self.counts([route])[route.id] > 0
+        if target[1] is None:
+            alive = self.liveness.live_counts([queue])[queue] > 0
+        else:
+            alive = self.liveness.live_model_counts([(queue, upstream)])[(queue, upstream)] > 0
         if alive:
             self._seen[target] = time.monotonic()
         else:
@@ -140,6 +143,9 @@ class Router:
         self.engine = make_engine(config["DATABASE_URL"])
         init_db(self.engine, env)
         self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]), self.liveness)
+        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
+        self.load = LoadView(self.liveness, self.health)
+        self.picker = Picker(self.live, self.health, self.load, int(config["QUEUE_LIMIT"]))
 
 
 def router() -> Router:

@@ -36,7 +36,7 @@ def chat_service() -> ChatService:
 def route_headers(sub: Submitted) -> dict[str, str]:
     """Which backend and model answered (x-router-*), plus the job to poll or cancel."""
     return {
-        "x-router-backend": sub.route.backend,
+        "x-router-backend": sub.backend,
         "x-router-model": sub.route.id,
         "x-router-job-id": sub.job_id,
     }

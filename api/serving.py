@@ -5,17 +5,20 @@ OpenAI SSE chunks, or as raw events for the jobs API and the WebSocket.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 
-from api.extension import ANNOUNCING_KINDS, Router
+from api.extension import Router
+from api.routing import Candidate, Refusal
 from api.schemas import ChatCompletionRequest, completion_body
 from registry.queries import ModelRoute
 from tasks.dispatch import enqueue
 from tasks.events import StreamEvent, Transcript
-from tasks.keys import Event
+from tasks.keys import Event, JobStatus
 from workers.errors import (
     ConflictError,
     GatewayTimeoutError,
@@ -24,6 +27,8 @@ from workers.errors import (
     ServiceUnavailableError,
 )
 from workers.protocol import ChatJob
+
+log = logging.getLogger(__name__)
 
 IDLE_SLICE = 1.0  # seconds per blocking read; between reads we check deadline and workers
 
@@ -39,13 +44,44 @@ def completion_id(job_id: str) -> str:
 
 @dataclass(frozen=True)
 class Submitted:
-    """A job on its queue, with the registry route that chose the queue."""
+    """A job on its queue: the model that answers it and the deployment it went to."""
 
     job_id: str
     route: ModelRoute
     created: int
     deadline: float
     replayed: bool = False
+    backend: str = ""
+    queue: str = ""
+
+
+@dataclass
+class Started:
+    """A completion under way: its job, the events up to its first token, and the rest."""
+
+    sub: Submitted
+    head: list[StreamEvent]
+    rest: Iterator[StreamEvent | None]
+
+
+class QueueStalled(Exception):
+    """The job waited in its queue past QUEUE_WAIT without a worker taking it."""
+
+
+def fallback_worthy(exc: RouterError) -> bool:
+    """Errors another deployment or model may not have: overload, upstream failure, timeout
+    of the upstream (not of the whole request), a context too long for this model."""
+    return exc.code == "context_length_exceeded" or exc.status_code in (429, 500, 502, 503, 504)
+
+
+def _unavailable(refusals: list[Refusal], cooldown: float, worker_wait: float) -> RouterError:
+    """The 503 for a request no deployment could take, naming the first reason."""
+    if not refusals:
+        return ServiceUnavailableError("No deployment of this model is enabled.")
+    first = refusals[0]
+    wait = cooldown if first.reason == "circuit_open" else worker_wait
+    code = {"no_worker": "no_worker_available"}.get(first.reason, first.reason)
+    return ServiceUnavailableError(first.message, code=code, retry_after=wait)
 
 
 class ChatService:
@@ -55,6 +91,7 @@ class ChatService:
         self.router = router
         self.worker_wait = float(router.config["WORKER_WAIT"])
         self.timeout = float(router.config["REQUEST_TIMEOUT"])
+        self.queue_wait = float(router.config["QUEUE_WAIT"])
         names = str(router.config.get("FORWARD_HEADERS") or "").split(",")
         self.forward = {n.strip().lower() for n in names if n.strip()}
 
@@ -75,18 +112,29 @@ class ChatService:
             )
         return route
 
-    def wait_for_worker(self, route: ModelRoute) -> None:
-        """Return once a live worker can serve `route`; 503 after WORKER_WAIT seconds."""
-        give_up = time.monotonic() + self.worker_wait
-        while not self.router.live.any(route):
-            if time.monotonic() >= give_up:
-                what = f"model `{route.upstream}` on " if route.kind in ANNOUNCING_KINDS else ""
-                raise ServiceUnavailableError(
-                    f"No worker is serving {what}queue `{route.queue}`. Start one with "
-                    f"`celery -A tasks worker -Q {route.queue}`.",
-                    code="no_worker_available",
-                    retry_after=self.worker_wait,
-                )
+    def pick(
+        self,
+        route: ModelRoute,
+        *,
+        tried: frozenset[tuple[str, str]] = frozenset(),
+        min_context: int = 0,
+        wait: bool = True,
+    ) -> Candidate:
+        """The first usable deployment of the model or its fallbacks. Waits up to
+        WORKER_WAIT for a worker (not when every refusal is an open circuit, nor when
+        falling back); then 503 with the first reason."""
+        give_up = time.monotonic() + (self.worker_wait if wait else 0)
+
+        def skip(c: Candidate) -> bool:
+            return (c.route.id, c.target.backend) in tried or c.route.context_window <= min_context
+
+        while True:
+            cand, refusals = self.router.picker.pick(route, self.router.registry.get(), skip)
+            if cand is not None:
+                return cand
+            circuits = bool(refusals) and all(r.reason == "circuit_open" for r in refusals)
+            if circuits or time.monotonic() >= give_up:
+                raise _unavailable(refusals, self.router.health.policy.cooldown, self.worker_wait)
             time.sleep(0.25)
 
     def forwarded(self, headers: Iterable[tuple[str, str]] | None) -> dict[str, str]:
@@ -101,34 +149,96 @@ class ChatService:
         idempotency_key: str | None = None,
         digest: str = "",
         headers: Iterable[tuple[str, str]] | None = None,
+        cand: Candidate | None = None,
+        deadline: float | None = None,
     ) -> Submitted:
-        """Validate routing, store the job and put it on its backend's queue."""
-        route = self.resolve(req.model)
-        self.wait_for_worker(route)
+        """Pick a deployment (unless given), store the job and put it on that queue."""
+        cand = cand or self.pick(self.resolve(req.model))
+        route, t = cand.route, cand.target
         now = time.time()
-        sampling = req.sampling()
         job = ChatJob(
             id=new_job_id(),
             model=route.id,
-            backend=route.backend,
-            kind=route.kind,
-            upstream_model=route.upstream,
+            backend=t.backend,
+            kind=t.kind,
+            upstream_model=t.upstream,
             messages=req.messages_as_dicts(),
-            sampling=sampling,
+            sampling=req.sampling(),
             extra=req.extra(),
-            base_url=route.base_url,
-            api_key_env=route.api_key_env,
+            base_url=t.base_url,
+            api_key_env=t.api_key_env,
             headers=self.forwarded(headers),
             created=now,
-            deadline=now + self.timeout,
+            deadline=deadline or now + self.timeout,
         )
         job_id = self.router.jobs.create(
-            job, route.queue, idempotency_key=idempotency_key, digest=digest
+            job, t.queue, idempotency_key=idempotency_key, digest=digest
         )
-        if job_id != job.id:  # the same Idempotency-Key and body were seen before
-            return Submitted(job_id, route, int(now), job.deadline or now, replayed=True)
-        enqueue(self.router.celery, job.id, 1, route.queue)
-        return Submitted(job.id, route, int(now), job.deadline or now)
+        replayed = job_id != job.id  # the same Idempotency-Key and body were seen before
+        if not replayed:
+            enqueue(self.router.celery, job.id, 1, t.queue)
+        end = job.deadline or now
+        return Submitted(job_id, route, int(now), end, replayed, backend=t.backend, queue=t.queue)
+
+    def start(
+        self, req: ChatCompletionRequest, headers: Iterable[tuple[str, str]] | None = None
+    ) -> Started:
+        """Submit and read up to the first token, falling back before it if need be: to
+        the model's next deployment or fallback model when the first fails (overload, 5xx,
+        timeout, context too long) or its job waits in the queue past QUEUE_WAIT. Once a
+        token has arrived, the answer is this one's."""
+        headers = list(headers or ())
+        route = self.resolve(req.model)
+        sub = self.submit(req, headers=headers, cand=self.pick(route))
+        tried: set[tuple[str, str]] = set()
+        queue_wait = self.queue_wait
+        while True:
+            tried.add((sub.route.id, sub.backend))
+            events = self.events(sub.job_id, sub.queue, sub.deadline)
+            min_context = 0
+            try:
+                watched = self._watch_queue(events, sub, queue_wait)
+                return Started(sub, first_events(watched), events)
+            except QueueStalled:
+                failure: RouterError | None = None
+            except RouterError as exc:
+                if not fallback_worthy(exc) or time.time() >= sub.deadline:
+                    raise
+                failure = exc
+                if exc.code == "context_length_exceeded":
+                    min_context = sub.route.context_window
+            try:
+                cand = self.pick(route, tried=frozenset(tried), min_context=min_context, wait=False)
+            except RouterError:
+                if failure is not None:
+                    raise failure from None
+                queue_wait = 0  # nowhere else to go: keep waiting for this job
+                continue
+            if failure is None:
+                self.router.jobs.cancel(sub.job_id)
+            log.info(
+                "job %s on %s: %s; falling back to %s on %s",
+                sub.job_id,
+                sub.backend,
+                failure.code if failure else "queued too long",
+                cand.route.id,
+                cand.target.backend,
+            )
+            sub = self.submit(req, headers=headers, cand=cand, deadline=sub.deadline)
+
+    def _watch_queue(
+        self, events: Iterator[StreamEvent | None], sub: Submitted, limit: float
+    ) -> Iterator[StreamEvent | None]:
+        """Pass events through; raise QueueStalled if none came for `limit` seconds and
+        the job is still queued (0: never)."""
+        since, seen = time.monotonic(), False
+        for event in events:
+            seen = seen or event is not None
+            if not seen and limit and time.monotonic() - since > limit:
+                rec = self.router.jobs.record(sub.job_id)
+                if rec is not None and rec.status is JobStatus.QUEUED:
+                    raise QueueStalled(sub.job_id)
+            yield event
 
     def events(
         self, job_id: str, queue: str, deadline: float, after: str = "0-0", owner: bool = True
@@ -167,10 +277,10 @@ class ChatService:
                 )
             yield None
 
-    def complete(self, sub: Submitted) -> dict[str, object]:
+    def complete(self, started: Started) -> dict[str, object]:
         """Wait for the whole answer and return it as a `chat.completion`."""
-        transcript = Transcript()
-        for event in self.events(sub.job_id, sub.route.queue, sub.deadline):
+        sub, transcript = started.sub, Transcript()
+        for event in chain(started.head, started.rest):
             if event is not None:
                 transcript.add(event)
         final = transcript.final
@@ -196,3 +306,18 @@ def raise_for_final(final: StreamEvent | None) -> None:
         raise RouterError.from_info(final.error)
     if final.type is Event.CANCELLED:
         raise ConflictError("The job was cancelled.", code="job_cancelled")
+
+
+def first_events(events: Iterable[StreamEvent | None]) -> list[StreamEvent]:
+    """Read up to the first token (or the end) before any header is sent, so that an error
+    raised before generation starts gets its real HTTP status instead of a 200 stream."""
+    head: list[StreamEvent] = []
+    for event in events:
+        if event is None:
+            continue
+        head.append(event)
+        if event.type is Event.TOKEN or event.type.terminal:
+            break
+    if head and head[-1].type in (Event.ERROR, Event.CANCELLED):
+        raise_for_final(head[-1])
+    return head

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from api.schemas import chunk_body, usage_chunk_body
-from api.serving import ChatService, Submitted, completion_id, raise_for_final
+from api.serving import ChatService, Started, Submitted, completion_id, raise_for_final
 from tasks.events import StreamEvent
 from tasks.keys import Event
 from workers.errors import RouterError, UpstreamError
@@ -79,28 +79,12 @@ class Resync:
         return out
 
 
-def first_events(events: Iterator[StreamEvent | None]) -> list[StreamEvent]:
-    """Read up to the first token (or the end) before any header is sent, so that an error
-    raised before generation starts gets its real HTTP status instead of a 200 stream."""
-    head: list[StreamEvent] = []
-    for event in events:
-        if event is None:
-            continue
-        head.append(event)
-        if event.type is Event.TOKEN or event.type.terminal:
-            break
-    if head and head[-1].type in (Event.ERROR, Event.CANCELLED):
-        raise_for_final(head[-1])
-    return head
-
-
 def chat_chunks(
-    service: ChatService, sub: Submitted, include_usage: bool, keepalive: float
+    service: ChatService, started: Started, include_usage: bool, keepalive: float
 ) -> Iterator[bytes]:
-    """The whole OpenAI SSE response for a submitted job."""
-    events = service.events(sub.job_id, sub.route.queue, sub.deadline)
-    head = first_events(events)
-    return _chat_sse(service, sub, include_usage, keepalive, chain(head, events))
+    """The whole OpenAI SSE response for a started completion."""
+    events = chain(started.head, started.rest)
+    return _chat_sse(service, started.sub, include_usage, keepalive, events)
 
 
 def token_delta(event: StreamEvent, resync: Resync) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`models` and `backends` click groups: list, add and remove registry entries.
+"""`models` and `backends` click groups: list, add and remove registry entries, and set a
+model's routing policy, fallbacks and extra deployments.
 
 The top-level `irouter` command adds both groups. Each command opens the registry at
 `DATABASE_URL` (default `.run/router.db`), creating and seeding it on a fresh machine.
@@ -19,16 +20,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from registry.crud import (
     DEFAULT_CONTEXT_WINDOW,
+    DEFAULT_DEPLOYMENT_PRIORITY,
     DEFAULT_MAX_TOKENS,
     add_backend,
+    add_deployment,
     add_model,
+    remove_deployment,
     remove_model,
     set_backend_enabled,
+    set_model,
 )
 from registry.db import database_url, init_db, make_engine
 from registry.errors import RegistryError
-from registry.models import KINDS
-from registry.queries import load_snapshot
+from registry.models import KINDS, POLICIES
+from registry.queries import DeploymentInfo, ModelRoute, load_snapshot
 from registry.seed import load_seed
 
 
@@ -73,9 +78,39 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _extra(d: DeploymentInfo, route: ModelRoute) -> str:
+    """One extra deployment in a table cell, no spaces: `llm-d[p1,w2,other-name,off]`."""
+    parts = [f"p{d.priority}"]
+    if d.weight != 1:
+        parts.append(f"w{d.weight:g}")
+    if d.upstream != route.upstream:
+        parts.append(d.upstream)
+    if not d.enabled:
+        parts.append("off")
+    return f"{d.backend}[{','.join(parts)}]"
+
+
+def _model_row(r: ModelRoute) -> list[str]:
+    extras = [_extra(d, r) for d in r.deployments[1:]]
+    return [
+        r.id,
+        r.backend,
+        r.upstream,
+        str(r.context_window),
+        str(r.max_tokens),
+        _price(r.input_price),
+        _price(r.output_price),
+        ",".join(r.aliases) or "-",
+        _yes(r.enabled),
+        r.policy,
+        ",".join(r.fallbacks) or "-",
+        ",".join(extras) or "-",
+    ]
+
+
 @click.group()
 def models() -> None:
-    """List, add and remove models in the registry."""
+    """List, add and remove models; set their policy, fallbacks and deployments."""
 
 
 @models.command("list")
@@ -92,21 +127,8 @@ def list_models(show_all: bool, as_json: bool) -> None:
         click.echo("no models" + ("" if show_all else " (--all includes disabled backends)"))
         return
     headers = ["ID", "BACKEND", "UPSTREAM", "CONTEXT", "MAX_TOKENS", "IN$/1M", "OUT$/1M"]
-    rows = [
-        [
-            r.id,
-            r.backend,
-            r.upstream,
-            str(r.context_window),
-            str(r.max_tokens),
-            _price(r.input_price),
-            _price(r.output_price),
-            ",".join(r.aliases) or "-",
-            _yes(r.enabled),
-        ]
-        for r in routes
-    ]
-    click.echo(_table([*headers, "ALIASES", "ENABLED"], rows))
+    headers += ["ALIASES", "ENABLED", "POLICY", "FALLBACKS", "DEPLOYMENTS"]
+    click.echo(_table(headers, [_model_row(r) for r in routes]))
 
 
 @models.command("add")
@@ -149,10 +171,77 @@ def add_model_cmd(
 @models.command("remove")
 @click.argument("model_id", metavar="ID")
 def remove_model_cmd(model_id: str) -> None:
-    """Remove model ID and its aliases."""
+    """Remove model ID, its aliases and deployments; other models stop falling back to it."""
     with _registry() as engine:
-        remove_model(engine, model_id)
+        changed = remove_model(engine, model_id)
     click.echo(f"removed model {model_id}")
+    if changed:
+        click.echo(f"note: dropped {model_id} from the fallbacks of {', '.join(changed)}")
+
+
+@models.command("set")
+@click.argument("model_id", metavar="ID")
+@click.option(
+    "--fallback",
+    "fallbacks",
+    multiple=True,
+    help="Model (id or alias) to try when ID cannot serve; repeatable, in order. "
+    "Replaces the current list.",
+)
+@click.option("--no-fallbacks", is_flag=True, help="Clear the fallback list.")
+@click.option("--policy", help=f"How to pick a deployment: {', '.join(POLICIES)}.")
+def set_model_cmd(
+    model_id: str, fallbacks: tuple[str, ...], no_fallbacks: bool, policy: str | None
+) -> None:
+    """Set the routing policy and/or fallbacks of model ID."""
+    if fallbacks and no_fallbacks:
+        raise CliError("--fallback and --no-fallbacks exclude each other")
+    if not (fallbacks or no_fallbacks or policy is not None):
+        raise CliError("nothing to set: give --policy, --fallback or --no-fallbacks")
+    chain = () if no_fallbacks else (fallbacks or None)
+    with _registry() as engine:
+        route = set_model(engine, model_id, policy=policy, fallbacks=chain)
+    fallback_text = ", ".join(route.fallbacks) or "none"
+    click.echo(f"model {route.id}: policy {route.policy}, fallbacks {fallback_text}")
+
+
+@models.command("deploy")
+@click.argument("model_id", metavar="ID")
+@click.option("--backend", required=True, help="Another backend that serves the model.")
+@click.option("--upstream", help="Name that backend knows the model by [default: ID's].")
+@click.option(
+    "--priority",
+    type=int,
+    default=DEFAULT_DEPLOYMENT_PRIORITY,
+    show_default=True,
+    help="Lower is tried first; the primary is 0.",
+)
+@click.option("--weight", type=float, default=1.0, show_default=True, help="Share if weighted.")
+def deploy_cmd(
+    model_id: str, backend: str, upstream: str | None, priority: int, weight: float
+) -> None:
+    """Serve model ID on one more --backend."""
+    with _registry() as engine:
+        route = add_deployment(engine, model_id, backend, upstream, priority, weight)
+    d = next(d for d in route.deployments if d.backend == backend)
+    click.echo(
+        f"deployed {route.id} on {d.backend} "
+        f"(upstream {d.upstream}, priority {d.priority}, weight {d.weight:g})"
+    )
+    if not d.enabled:
+        click.echo(
+            f"note: backend {d.backend} is disabled; this deployment is unused until enabled"
+        )
+
+
+@models.command("undeploy")
+@click.argument("model_id", metavar="ID")
+@click.option("--backend", required=True, help="The backend to stop serving ID on.")
+def undeploy_cmd(model_id: str, backend: str) -> None:
+    """Stop serving model ID on --backend (not its primary backend)."""
+    with _registry() as engine:
+        route = remove_deployment(engine, model_id, backend)
+    click.echo(f"undeployed {route.id} from {backend}")
 
 
 @click.group()

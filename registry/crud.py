@@ -1,11 +1,14 @@
-"""Writes to the registry used by the CLI and the admin API: models, aliases, backends.
+"""Writes to the registry used by the CLI and the admin API: models, aliases, backends,
+deployments, policies and fallbacks.
 
 Every function validates first and raises a `RegistryError` subclass with a message fit
 for an operator; a unique-key race lost at commit becomes `ConcurrentChangeError`.
+Removing a model also removes its deployments and drops it from other models' fallbacks.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -19,17 +22,28 @@ from registry.errors import (
     AliasInUseError,
     ConcurrentChangeError,
     DuplicateBackendError,
+    DuplicateDeploymentError,
     DuplicateModelError,
     InvalidValueError,
     UnknownBackendError,
+    UnknownDeploymentError,
     UnknownKindError,
     UnknownModelError,
 )
-from registry.models import KINDS, Alias, Backend, Model
-from registry.queries import BackendInfo, ModelRoute, backend_info, model_route
+from registry.models import DEFAULT_POLICY, KINDS, POLICIES, Alias, Backend, Deployment, Model
+from registry.queries import (
+    BackendInfo,
+    ModelRoute,
+    backend_info,
+    decode_fallbacks,
+    load_snapshot,
+    model_route,
+)
 
 DEFAULT_CONTEXT_WINDOW = 8192
 DEFAULT_MAX_TOKENS = 1024
+#: Priority of an extra deployment unless given: after the primary, which is 0.
+DEFAULT_DEPLOYMENT_PRIORITY = 1
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -101,17 +115,22 @@ def add_model(
     input_price: float = 0.0,
     output_price: float = 0.0,
     aliases: Iterable[str] = (),
+    policy: str = DEFAULT_POLICY,
+    fallbacks: Iterable[str] = (),
 ) -> ModelRoute:
-    """Register model `id` on `backend` (served as `upstream`, default `id`) with aliases."""
+    """Register model `id` on `backend` (served as `upstream`, default `id`) with aliases,
+    a routing `policy` and `fallbacks` (ids or aliases of existing models)."""
     names = tuple(aliases)
     _check_name("model id", id)
     _check_name("upstream", upstream if upstream is not None else id)
     prices = {"input_price": input_price, "output_price": output_price}
     _check_numbers(context_window, max_tokens, prices)
+    _check_policy(policy)
     with Session(engine) as session:
         row = _get_backend(session, backend)
         _check_free_id(session, id)
         _check_free_aliases(session, id, names)
+        chain = _resolve_fallbacks(session, id, fallbacks)
         model = Model(
             id=id,
             backend=backend,
@@ -121,6 +140,8 @@ def add_model(
             input_price=float(input_price),
             output_price=float(output_price),
             created_at=time.time(),
+            policy=policy,
+            fallbacks=json.dumps(chain),
         )
         route = model_route(model, row, names)
         session.add(model)
@@ -130,16 +151,164 @@ def add_model(
     return route
 
 
-def remove_model(engine: Engine, id: str) -> None:
-    """Delete model `id` and its aliases."""
+def remove_model(engine: Engine, id: str) -> list[str]:
+    """Delete model `id`, its aliases and deployments, and drop it from every other model's
+    fallbacks; return the ids of the models whose fallbacks changed (sorted).
+
+    `id` must be the id, not an alias: removal is not something to do by a second name.
+    """
     with Session(engine) as session:
         if session.get(Model, id) is None:
             alias = session.get(Alias, id)
             hint = f"; it is an alias of {alias.model_id!r}" if alias is not None else ""
             raise UnknownModelError(f"unknown model {id!r}{hint}")
+        changed = []
+        for other in session.exec(select(Model).where(col(Model.fallbacks) != "[]")):
+            chain = decode_fallbacks(other.fallbacks)
+            if id in chain:
+                other.fallbacks = json.dumps([f for f in chain if f != id])
+                session.add(other)
+                changed.append(other.id)
         session.exec(delete(Alias).where(col(Alias.model_id) == id))
+        session.exec(delete(Deployment).where(col(Deployment.model_id) == id))
         session.exec(delete(Model).where(col(Model.id) == id))
+        _commit(session, f"model {id!r}")  # e.g. a deployment added by another process
+    return sorted(changed)
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise InvalidValueError(f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def _find_model(session: Session, name: str, what: str = "model") -> Model:
+    """The model whose id or alias is `name`."""
+    row = session.get(Model, name)
+    if row is None:
+        alias = session.get(Alias, name)
+        row = session.get(Model, alias.model_id) if alias is not None else None
+    if row is None:
+        raise UnknownModelError(f"unknown {what} {name!r}")
+    return row
+
+
+def _resolve_fallbacks(session: Session, model_id: str, names: Iterable[str]) -> list[str]:
+    """Fallback names as model ids, in order, duplicates dropped; each must exist and not be
+    `model_id` itself (by id or by one of its aliases)."""
+    chain: list[str] = []
+    for name in names:
+        target = name if name == model_id else _find_model(session, name, "fallback model").id
+        if target == model_id:
+            raise InvalidValueError(f"model {model_id!r} cannot fall back to itself ({name!r})")
+        if target not in chain:
+            chain.append(target)
+    return chain
+
+
+def set_model(
+    engine: Engine,
+    id: str,
+    *,
+    policy: str | None = None,
+    fallbacks: Iterable[str] | None = None,
+) -> ModelRoute:
+    """Change the routing `policy` and/or replace the `fallbacks` (ids or aliases; `[]`
+    clears them) of model `id` (or alias); None leaves a field as it is."""
+    if policy is not None:
+        _check_policy(policy)
+    with Session(engine) as session:
+        row = _find_model(session, id)
+        model_id = row.id
+        if fallbacks is not None:
+            row.fallbacks = json.dumps(_resolve_fallbacks(session, model_id, fallbacks))
+        if policy is not None:
+            row.policy = policy
+        session.add(row)
+        _commit(session, f"model {model_id!r}")
+    return _route(engine, model_id)
+
+
+def _check_priority_weight(priority: int, weight: float) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InvalidValueError(f"priority must be an integer >= 0, got {priority!r}")
+    ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+    if not ok or not math.isfinite(weight) or weight <= 0:
+        raise InvalidValueError(f"weight must be a finite number > 0, got {weight!r}")
+
+
+def _route(engine: Engine, model_id: str) -> ModelRoute:
+    route = load_snapshot(engine).resolve(model_id)
+    if route is None:  # removed by another process since our commit
+        raise UnknownModelError(f"unknown model {model_id!r}")
+    return route
+
+
+def add_deployment(
+    engine: Engine,
+    model_id: str,
+    backend: str,
+    upstream: str | None = None,
+    priority: int = DEFAULT_DEPLOYMENT_PRIORITY,
+    weight: float = 1.0,
+) -> ModelRoute:
+    """Serve model `model_id` (or alias) on one more `backend`, as `upstream` (default: the
+    primary's upstream); a model is deployed at most once per backend, primary included."""
+    _check_priority_weight(priority, weight)
+    if upstream is not None:
+        _check_name("upstream", upstream)
+    with Session(engine) as session:
+        row = _find_model(session, model_id)
+        _get_backend(session, backend)
+        if row.backend == backend:
+            raise DuplicateDeploymentError(
+                f"model {row.id!r} is already served by backend {backend!r} (its primary)"
+            )
+        if _get_deployment(session, row.id, backend) is not None:
+            raise DuplicateDeploymentError(
+                f"model {row.id!r} already has a deployment on backend {backend!r}"
+            )
+        session.add(
+            Deployment(
+                model_id=row.id,
+                backend=backend,
+                upstream=upstream if upstream is not None else row.upstream,
+                priority=priority,
+                weight=float(weight),
+            )
+        )
+        found = row.id
+        _commit(session, f"deployment of {found!r} on {backend!r}")
+    return _route(engine, found)
+
+
+def _get_deployment(session: Session, model_id: str, backend: str) -> Deployment | None:
+    query = select(Deployment).where(
+        col(Deployment.model_id) == model_id, col(Deployment.backend) == backend
+    )
+    return session.exec(query).first()
+
+
+def remove_deployment(engine: Engine, model_id: str, backend: str) -> ModelRoute:
+    """Stop serving model `model_id` (or alias) on `backend`; the primary cannot be removed."""
+    with Session(engine) as session:
+        row = _find_model(session, model_id)
+        found = row.id
+        if row.backend == backend:
+            raise InvalidValueError(
+                f"backend {backend!r} is the primary deployment of model {found!r} and cannot "
+                "be undeployed; remove the model instead"
+            )
+        deployment = _get_deployment(session, found, backend)
+        if deployment is None:
+            query = select(Deployment.backend).where(col(Deployment.model_id) == found)
+            others = sorted(session.exec(query))
+            raise UnknownDeploymentError(
+                f"model {found!r} has no deployment on backend {backend!r} "
+                f"(primary: {row.backend}; others: {', '.join(others) or 'none'})"
+            )
+        session.delete(deployment)
         session.commit()
+    return _route(engine, found)
 
 
 def _check_backend_fields(

@@ -2,8 +2,8 @@
 
 `database_url` picks the URL from the environment, `make_engine` builds an engine tuned for
 several processes sharing one SQLite file (WAL, busy timeout, foreign keys), and `init_db`
-creates tables, seeds an empty registry and syncs env-gated backends. Nothing here runs at
-import time.
+creates tables, adds columns that newer releases introduced to an older file, seeds an
+empty registry and syncs env-gated backends. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
@@ -33,6 +33,14 @@ DEFAULT_DATABASE_URL = "sqlite:///.run/router.db"
 BUSY_TIMEOUT_MS = 10_000
 #: Tries of the whole create/seed/sync step when another process races us (non-SQLite).
 INIT_ATTEMPTS = 5
+
+#: Columns added to existing tables after the first release: (table, column, DDL type and
+#: default). `create_all` makes new tables but never alters old ones, so `init_db` adds any
+#: of these a registry file lacks; the defaults match the SQLModel fields' server defaults.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("model", "policy", "VARCHAR NOT NULL DEFAULT 'priority'"),
+    ("model", "fallbacks", "VARCHAR NOT NULL DEFAULT '[]'"),
+)
 
 
 def database_url(env: Mapping[str, str]) -> str:
@@ -97,8 +105,24 @@ def _init_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for each of ADDED_COLUMNS the database lacks, so a
+    registry created by an older release keeps working; return the `table.column`s added."""
+    inspector = inspect(engine)
+    have = {t: {c["name"] for c in inspector.get_columns(t)} for t in {a[0] for a in ADDED_COLUMNS}}
+    missing = [(t, c, ddl) for t, c, ddl in ADDED_COLUMNS if c not in have[t]]
+    if missing:
+        with engine.begin() as conn:
+            for table, column, ddl in missing:
+                conn.execute(text(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {ddl}'))
+    return [f"{t}.{c}" for t, c, _ in missing]
+
+
 def _init_once(engine: Engine, env: Mapping[str, str], sync: bool) -> None:
     SQLModel.metadata.create_all(engine)
+    added = add_missing_columns(engine)
+    if added:
+        log.info("registry migrated: added %s", ", ".join(added))
     seed = load_seed()
     with Session(engine) as session:
         if session.exec(select(Backend.name).limit(1)).first() is None:

@@ -1,14 +1,16 @@
 """Errors raised by registry queries and CRUD; all are ValueErrors with a one-line message.
 
     RegistryError(ValueError)
-    ├── UnknownBackendError     no backend by that name
-    ├── DuplicateBackendError   a backend by that name exists
-    ├── UnknownKindError        kind is not one of registry.KINDS
-    ├── UnknownModelError       no model by that id
-    ├── DuplicateModelError     a model (or alias) by that id exists
-    ├── AliasInUseError         the alias is taken by another model, or is a model id
-    ├── InvalidValueError       a number or name out of range
-    └── ConcurrentChangeError   another process changed the same rows first
+    ├── UnknownBackendError      no backend by that name
+    ├── DuplicateBackendError    a backend by that name exists
+    ├── UnknownKindError         kind is not one of registry.KINDS
+    ├── UnknownModelError        no model by that id
+    ├── DuplicateModelError      a model (or alias) by that id exists
+    ├── AliasInUseError          the alias is taken by another model, or is a model id
+    ├── UnknownDeploymentError   the model has no extra deployment on that backend
+    ├── DuplicateDeploymentError the model is already deployed on that backend
+    ├── InvalidValueError        a number, name, policy or fallback out of range
+    └── ConcurrentChangeError    another process changed the same rows first
 
 The registry knows nothing of HTTP: the API maps Unknown* to 404, Duplicate*/AliasInUse/
 ConcurrentChange to 409, UnknownKind/InvalidValue to 400.
@@ -45,8 +47,17 @@ class AliasInUseError(RegistryError):
     """The alias already names a model, or collides with a model id."""
 
 
+class UnknownDeploymentError(RegistryError):
+    """The model has no extra deployment on that backend."""
+
+
+class DuplicateDeploymentError(RegistryError):
+    """The model is already deployed on that backend (as its primary or an extra)."""
+
+
 class InvalidValueError(RegistryError):
-    """A field is out of range: empty name, non-positive window, negative price."""
+    """A field is out of range: empty name, non-positive window, negative price, unknown
+    policy, non-positive weight, a model falling back to itself, undeploying a primary."""
 
 
 class ConcurrentChangeError(RegistryError):

@@ -1,20 +1,21 @@
 """Read side of the registry: plain frozen views of models and backends, and a Snapshot.
 
-`load_snapshot` reads the whole registry in three SELECTs and answers every lookup from
-memory, so the API can rebuild it once a second. Callers never see SQLModel rows.
-Writes (add/remove models, add/enable backends) live in `registry.crud`.
+`load_snapshot` reads the whole registry in four SELECTs (backends, models, aliases,
+deployments) and answers every lookup from memory, so the API can rebuild it once a second.
+Callers never see SQLModel rows. Writes live in `registry.crud`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from registry.models import Alias, Backend, Model
+from registry.models import DEFAULT_POLICY, Alias, Backend, Deployment, Model
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,34 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
-class ModelRoute:
-    """Everything needed to route one model: its backend, queue, limits and prices.
+class DeploymentInfo:
+    """One backend serving a model: where to send it, under which name, and how eagerly.
 
-    `enabled` is the backend's flag; `created` is the epoch second for `/v1/models`.
-    Prices are USD per 1M tokens.
+    The primary deployment (the model's own backend) has priority 0 and weight 1.
+    `enabled` is that backend's flag.
+    """
+
+    backend: str
+    kind: str
+    queue: str
+    upstream: str
+    base_url: str | None
+    api_key_env: str | None
+    enabled: bool
+    priority: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Everything needed to route one model: its deployments, policy, limits and prices.
+
+    The top-level backend/kind/queue/upstream/base_url/api_key_env are the primary
+    deployment's. `enabled` is true when any deployment's backend is enabled; `created` is
+    the epoch second for `/v1/models`. Prices are USD per 1M tokens. `deployments` lists the
+    primary first, then the others by (priority, backend); `fallbacks` are model ids to try,
+    in order, when no deployment of this model can serve (they may fall back in a cycle:
+    callers must not revisit a model).
     """
 
     id: str
@@ -51,10 +75,46 @@ class ModelRoute:
     api_key_env: str | None
     enabled: bool
     created: int
+    deployments: tuple[DeploymentInfo, ...] = ()
+    policy: str = DEFAULT_POLICY
+    fallbacks: tuple[str, ...] = ()
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """List-price cost of one request with these token counts."""
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+
+    def primary(self) -> DeploymentInfo:
+        """The primary deployment, built from the top-level fields when `deployments` is
+        empty (routes made by hand, such as discovered ones)."""
+        if self.deployments:
+            return self.deployments[0]
+        return DeploymentInfo(
+            backend=self.backend,
+            kind=self.kind,
+            queue=self.queue,
+            upstream=self.upstream,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            enabled=self.enabled,
+            priority=0,
+            weight=1.0,
+        )
+
+    def live_deployments(self) -> tuple[DeploymentInfo, ...]:
+        """The deployments whose backend is enabled, in `deployments` order."""
+        every = self.deployments or (self.primary(),)
+        return tuple(d for d in every if d.enabled)
+
+
+def decode_fallbacks(text: str | None) -> tuple[str, ...]:
+    """The model ids stored in a `Model.fallbacks` JSON list; malformed text reads as none."""
+    try:
+        raw = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    if not isinstance(raw, list):
+        return ()
+    return tuple(dict.fromkeys(x for x in raw if isinstance(x, str)))
 
 
 def backend_info(row: Backend) -> BackendInfo:
@@ -69,23 +129,54 @@ def backend_info(row: Backend) -> BackendInfo:
     )
 
 
-def model_route(model: Model, backend: Backend, aliases: Iterable[str]) -> ModelRoute:
-    """Freeze a Model row joined with its Backend row and its aliases (sorted)."""
-    return ModelRoute(
-        id=model.id,
+def deployment_info(
+    backend: BackendInfo, upstream: str, priority: int = 0, weight: float = 1.0
+) -> DeploymentInfo:
+    """Freeze one deployment: `backend` serving the model as `upstream`."""
+    return DeploymentInfo(
         backend=backend.name,
         kind=backend.kind,
         queue=backend.queue,
+        upstream=upstream,
+        base_url=backend.base_url,
+        api_key_env=backend.api_key_env,
+        enabled=backend.enabled,
+        priority=priority,
+        weight=weight,
+    )
+
+
+def _extras_in_order(extras: Iterable[DeploymentInfo]) -> list[DeploymentInfo]:
+    return sorted(extras, key=lambda d: (d.priority, d.backend))
+
+
+def model_route(
+    model: Model,
+    backend: Backend | BackendInfo,
+    aliases: Iterable[str],
+    extras: Iterable[DeploymentInfo] = (),
+) -> ModelRoute:
+    """Freeze a Model row with its primary backend, aliases (sorted) and extra deployments."""
+    info = backend if isinstance(backend, BackendInfo) else backend_info(backend)
+    deployments = (deployment_info(info, model.upstream), *_extras_in_order(extras))
+    return ModelRoute(
+        id=model.id,
+        backend=info.name,
+        kind=info.kind,
+        queue=info.queue,
         upstream=model.upstream,
         context_window=model.context_window,
         max_tokens=model.max_tokens,
         input_price=model.input_price,
         output_price=model.output_price,
         aliases=tuple(sorted(aliases)),
-        base_url=backend.base_url,
-        api_key_env=backend.api_key_env,
-        enabled=backend.enabled,
+        base_url=info.base_url,
+        api_key_env=info.api_key_env,
+        enabled=any(d.enabled for d in deployments),
         created=int(model.created_at),
+        deployments=deployments,
+        policy=model.policy or DEFAULT_POLICY,
+        fallbacks=decode_fallbacks(model.fallbacks),
     )
 
 
@@ -106,7 +197,7 @@ class Snapshot:
         return route
 
     def models(self, enabled_only: bool = True) -> list[ModelRoute]:
-        """Models sorted by id; by default only those whose backend is enabled."""
+        """Models sorted by id; by default only those with an enabled deployment."""
         return [r for r in self._routes.values() if r.enabled or not enabled_only]
 
     def with_routes(self, extra: Iterable[ModelRoute]) -> Snapshot:
@@ -132,13 +223,27 @@ class Snapshot:
 
 
 def load_snapshot(engine: Engine) -> Snapshot:
-    """Read backends, models (joined to their backend) and aliases: three SELECTs in all."""
+    """Read backends, models, aliases and deployments: four SELECTs in all, whatever the size.
+
+    A fallback id that no longer names a model (a removal raced its write) is dropped.
+    """
     with Session(engine) as session:
-        backends = [backend_info(b) for b in session.exec(select(Backend))]
-        on = col(Model.backend) == col(Backend.name)
-        pairs = list(session.exec(select(Model, Backend).join(Backend, on)))
+        backends = {b.name: backend_info(b) for b in session.exec(select(Backend))}
+        models = list(session.exec(select(Model)))
         by_model: dict[str, list[str]] = {}
         for alias in session.exec(select(Alias)):
             by_model.setdefault(alias.model_id, []).append(alias.alias)
-        routes = [model_route(m, b, by_model.get(m.id, ())) for m, b in pairs]
-    return Snapshot(routes, backends)
+        extras: dict[str, list[DeploymentInfo]] = {}
+        for d in session.exec(select(Deployment)):
+            if d.backend in backends:  # foreign keys hold this; skip like an inner join would
+                info = deployment_info(backends[d.backend], d.upstream, d.priority, d.weight)
+                extras.setdefault(d.model_id, []).append(info)
+    models = [m for m in models if m.backend in backends]
+    ids = {m.id for m in models}
+    routes = []
+    for m in models:
+        route = model_route(m, backends[m.backend], by_model.get(m.id, ()), extras.get(m.id, ()))
+        if not set(route.fallbacks) <= ids:
+            route = replace(route, fallbacks=tuple(f for f in route.fallbacks if f in ids))
+        routes.append(route)
+    return Snapshot(routes, backends.values())

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Iterator
 
+import redis
+
 from tasks import keys
 from tasks.events import cancelled_fields, done_fields, error_fields, token_fields
 from tasks.keys import JobStatus
@@ -34,7 +36,11 @@ class JobWriter:
         deadline = job.deadline or time.time() + rt.settings.request_timeout
         self.lifetime = max(1, int(deadline - time.time())) + rt.settings.job_ttl
 
+    first_token_at: float | None = None
+
     def token(self, chunk: Chunk) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
         expire = self.lifetime if self.seq == 0 else 0
         fields = token_fields(self.seq, chunk.delta, chunk.tool_calls, chunk.logprobs)
         self.rt.publisher.token(self.job.id, f"{self.base}-{self.seq}", fields, expire)
@@ -74,33 +80,63 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
         log.info("job %s attempt %d: %s, dropped", job_id, attempt, claim.outcome)
         return
     writer = JobWriter(rt, claim.job, attempt, claim.token_base)
+    if claim.job.expired():  # never call the backend for a job nobody waits for any more
+        writer.fail(GatewayTimeoutError("The request timed out before a worker started it.").info())
+        return
     rt.active.add(job_id)
+    started = time.monotonic()
+    ok: bool | None = True
     try:
-        if claim.job.expired():
-            raise GatewayTimeoutError("The request timed out before a worker could start it.")
-        _stream(rt, claim.job, writer)
+        ok = _stream(rt, claim.job, writer)
     except RouterError as exc:
+        ok = not backend_failure(exc)
         writer.fail(exc.info())
     except Exception:
         # A backend bug must not kill the worker: log it, fail this job, keep serving.
         log.exception("job %s: worker error", job_id)
+        ok = False
         writer.fail(WORKER_ERROR)
     finally:
         rt.active.discard(job_id)
+    _record(rt, claim.job.backend, ok, started, writer.first_token_at)
 
 
-def _stream(rt: WorkerRuntime, job: ChatJob, writer: JobWriter) -> None:
+def backend_failure(exc: RouterError) -> bool:
+    """Errors that count against a backend's health: rate limits, 5xx, timeouts; not the
+    client's own mistakes (4xx), which the backend answered properly."""
+    return exc.status_code == 429 or exc.status_code >= 500
+
+
+def _record(
+    rt: WorkerRuntime, backend: str, ok: bool | None, started: float, first: float | None
+) -> None:
+    """Feed the backend's breaker and latency record; a cancelled job (None) says nothing."""
+    if ok is None:
+        return
+    now = time.monotonic()
+    ttft = ((first or now) - started) * 1000
+    try:
+        state = rt.health.record(backend, ok, ttft, (now - started) * 1000)
+    except redis.RedisError as exc:
+        log.warning("backend %s: outcome not recorded (%s)", backend, exc)
+        return
+    if state == "open" and not ok:
+        log.warning("backend %s: circuit open", backend)
+
+
+def _stream(rt: WorkerRuntime, job: ChatJob, writer: JobWriter) -> bool | None:
+    """Relay the backend's chunks; True when done, None when cancelled."""
     chunks: Iterator[Chunk | Done] = iter(rt.backend(job.kind).stream(job))
     try:
         for item in chunks:
             if isinstance(item, Done):
                 writer.done(item)
-                return
+                return True
             if item:
                 writer.token(item)
             if writer.stop_requested():
                 writer.cancelled()
-                return
+                return None
             if job.expired():
                 raise GatewayTimeoutError("The request timed out while generating.")
     finally:

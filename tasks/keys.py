@@ -11,6 +11,9 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:queue:{queue}:workers  zset    worker id -> alive until, per consumed queue
     router:queue:{q}:model:{m}:workers  zset  the same, per model a local worker has loaded
     router:reaper                 string  lock: one reaper pass at a time across workers
+    router:backend:{b}:circuit    hash    circuit breaker: state, failures, opened_at
+    router:backend:{b}:probe      string  the one half-open probe in flight (expires)
+    router:backend:{b}:outcomes   list    recent jobs, newest first: "ts:ttft_ms:total_ms:ok"
 """
 
 from __future__ import annotations
@@ -58,6 +61,18 @@ def queue_workers_key(queue: str) -> str:
 
 def model_workers_key(queue: str, model: str) -> str:
     return f"{PREFIX}:queue:{queue}:model:{model}:workers"
+
+
+def circuit_key(backend: str) -> str:
+    return f"{PREFIX}:backend:{backend}:circuit"
+
+
+def probe_key(backend: str) -> str:
+    return f"{PREFIX}:backend:{backend}:probe"
+
+
+def outcomes_key(backend: str) -> str:
+    return f"{PREFIX}:backend:{backend}:outcomes"
 
 
 class JobStatus(StrEnum):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from tasks.connections import redis_client
+from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness, Requeued
 from tasks.publisher import EventPublisher
@@ -35,6 +36,7 @@ class WorkerRuntime:
         self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl)
         self.publisher = EventPublisher(self.redis)
         self.liveness = Liveness(self.redis)
+        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.active: set[str] = set()
         self._backends: dict[str, Backend] = {}

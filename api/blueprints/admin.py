@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, request
 
 from api.extension import router
 from api.http import json_response
+from tasks.health import backend_report
 from workers.errors import AuthenticationError, PermissionDeniedError
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -40,10 +41,11 @@ def models() -> Response:
 
 @bp.get("/backends")
 def backends() -> Response:
-    snap = router().registry.get()
-    infos = snap.backends()
-    live = router().liveness.live_counts(b.queue for b in infos)
-    data = [{**asdict(b), "live_workers": live.get(b.queue, 0)} for b in infos]
+    """Every backend with its health: circuit, live workers, queue depth, latency, errors."""
+    r = router()
+    infos = r.registry.get().backends()
+    report = backend_report(r.health, r.liveness, ((b.name, b.queue, b.enabled) for b in infos))
+    data = [{**asdict(b), **row} for b, row in zip(infos, report, strict=True)]
     return json_response({"object": "list", "data": data})
 
 

@@ -21,18 +21,18 @@ def chat_completions() -> Response:
     """Create a chat completion; with `stream: true`, as server-sent events."""
     req = parse_chat_request(json_body())
     service = chat_service()
-    sub = service.submit(req, headers=request.headers.items())
-    headers = route_headers(sub)
+    started = service.start(req, headers=request.headers.items())
+    headers = route_headers(started.sub)
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
         keepalive = float(current_app.config["KEEPALIVE"])
-        body = chat_chunks(service, sub, usage, keepalive)
+        body = chat_chunks(service, started, usage, keepalive)
         return Response(
             stream_with_context(body),
             mimetype="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
-    return json_response(service.complete(sub), headers=headers)
+    return json_response(service.complete(started), headers=headers)
 
 
 def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:

@@ -105,6 +105,5 @@ def chat_socket(ws: Any) -> None:
         except RouterError as exc:
             _send_error(ws, exc)
             continue
-        route = sub.route
-        _send(ws, {"type": "job", "id": sub.job_id, "model": route.id, "backend": route.backend})
-        pump(ws, service, sub.job_id, route.queue, sub.deadline, "0-0", owner=True)
+        _send(ws, {"type": "job", "id": sub.job_id, "model": sub.route.id, "backend": sub.backend})
+        pump(ws, service, sub.job_id, sub.queue, sub.deadline, "0-0", owner=True)

@@ -23,6 +23,7 @@ from registry import (
     remove_model,
     set_backend_enabled,
 )
+from registry.crud import add_deployment
 
 
 def test_resolve_by_id_and_alias(engine: Engine) -> None:
@@ -57,13 +58,15 @@ def test_models_filter_and_order(engine: Engine) -> None:
     assert ids == ["grok-3", "grok-3-mini", "grok-4", "smollm2-135m"]
 
 
-def test_snapshot_is_three_selects_and_frozen(engine: Engine) -> None:
+def test_snapshot_is_four_selects_and_frozen(engine: Engine) -> None:
     for i in range(5):
-        add_model(engine, f"m{i}", "local", aliases=[f"a{i}", f"b{i}"])
+        add_model(engine, f"m{i}", "local", aliases=[f"a{i}", f"b{i}"], fallbacks=["local"])
+        add_deployment(engine, f"m{i}", "llm-d")
+        add_deployment(engine, f"m{i}", "openai", priority=2)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
     snap = load_snapshot(engine)
-    assert len(statements) == 3, statements
+    assert len(statements) == 4, statements  # backends, models, aliases, deployments
     route = snap.resolve("b3")
     assert route is not None and route.id == "m3"
     with pytest.raises(dataclasses.FrozenInstanceError):
