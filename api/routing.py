@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from registry.queries import ModelRoute, Snapshot
 from tasks.health import BackendHealth
 from tasks.liveness import Liveness
@@ -88,23 +90,21 @@ class LoadView:
         """Jobs waiting on the Celery queue (a Redis list named after it)."""
         return int(self._cached(f"depth:{queue}", lambda: self.liveness.redis.llen(queue)))
 
-    def load(self, queue: str) -> tuple[int, int]:
-        """(running jobs, capacity) summed over the live workers of `queue`."""
-        loads: dict[str, tuple[int, int]] = self._cached("load", self._loads)
-        return loads.get(queue, (0, 0))
-
-    def _loads(self) -> dict[str, tuple[int, int]]:
-        now = self.liveness.server_time()
-        out: dict[str, tuple[int, int]] = {}
-        for w in self.liveness.workers():
-            if float(w["alive_until"]) <= now:
+    def load(self, target: Target) -> tuple[int, int]:
+        """(jobs of `target`'s backend running, capacity) over the live workers of its queue."""
+        workers: list[dict[str, str]] = self._cached("workers", self._live_workers)
+        running = capacity = 0
+        for w in workers:
+            if target.queue not in w.get("queues", "").split(","):
                 continue
-            busy = int(w.get("load") or w.get("active") or 0)
-            cap = int(w.get("capacity") or w.get("concurrency") or 1)
-            for q in w.get("queues", "").split(","):
-                running, capacity = out.get(q, (0, 0))
-                out[q] = (running + busy, capacity + cap)
-        return out
+            capacity += int(w.get("capacity") or w.get("concurrency") or 1)
+            per_backend = orjson.loads(w.get("active_backends") or "{}")
+            running += int(per_backend.get(target.backend, 0))
+        return running, capacity
+
+    def _live_workers(self) -> list[dict[str, str]]:
+        now = self.liveness.server_time()
+        return [w for w in self.liveness.workers() if float(w["alive_until"]) > now]
 
     def ttft(self, backend: str) -> float:
         stats = self._cached(f"stats:{backend}", lambda: self.health.stats([backend])[backend])
@@ -120,7 +120,7 @@ def ordered(route: ModelRoute, load: LoadView) -> list[Target]:
     if policy == "least-loaded":
 
         def busy(t: Target) -> float:
-            running, capacity = load.load(t.queue)
+            running, capacity = load.load(t)
             return (running + load.depth(t.queue)) / max(capacity, 1)
 
         return sorted(found, key=busy)  # stable: ties keep priority order

@@ -77,6 +77,28 @@ class Stack:
         _wait(announced, 180, f"worker on {queues}")
         return proc.pid
 
+    def restart_redis(self, down: float = 0.0) -> tuple[float, float]:
+        """Stop redis-server gracefully (it writes its AOF), stay down `down` seconds, start
+        it again on the same port and files; (stopped_at, answering_again_at) monotonic."""
+        from tasks.redis_server import server_args
+
+        old = self.procs[0]
+        old.terminate()
+        old.wait(timeout=30)
+        stopped = time.monotonic()
+        time.sleep(down)
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        self.procs[0] = self.spawn("redis", server_args(port, self.tmp / "redis"))
+        self.procs.pop()  # spawn appended it; it lives at index 0
+        _wait(lambda: _pings(self.redis_url), 15, "redis")
+        return stopped, time.monotonic()
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL one process (a worker dying without a goodbye)."""
+        proc = next(p for p in self.procs if p.pid == pid)
+        proc.kill()
+        proc.wait(timeout=10)
+
     def stop(self, pid: int) -> None:
         """Stop one process (warm shutdown) and wait for it."""
         proc = next(p for p in self.procs if p.pid == pid)

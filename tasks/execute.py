@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
@@ -75,7 +76,7 @@ class JobWriter:
 
 def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
     """Execute one delivery of a job; every path ends the attempt with one terminal event."""
-    claim = rt.jobs.claim(job_id, attempt, rt.worker_id)
+    claim = _claim(rt, job_id, attempt)
     if claim.job is None:
         log.info("job %s attempt %d: %s, dropped", job_id, attempt, claim.outcome)
         return
@@ -83,7 +84,7 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
     if claim.job.expired():  # never call the backend for a job nobody waits for any more
         writer.fail(GatewayTimeoutError("The request timed out before a worker started it.").info())
         return
-    rt.active.add(job_id)
+    rt.active[job_id] = claim.job.backend
     started = time.monotonic()
     ok: bool | None = True
     try:
@@ -97,8 +98,23 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
         ok = False
         writer.fail(WORKER_ERROR)
     finally:
-        rt.active.discard(job_id)
+        rt.active.pop(job_id, None)
     _record(rt, claim.job.backend, ok, started, writer.first_token_at)
+
+
+def _claim(rt: WorkerRuntime, job_id: str, attempt: int) -> Any:
+    """Claim the job, waiting out a Redis outage (the delivery is acked only after this
+    returns: giving up would lose an accepted job)."""
+    give_up, delay = time.monotonic() + rt.settings.request_timeout, 0.1
+    while True:
+        try:
+            return rt.jobs.claim(job_id, attempt, rt.worker_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= give_up:
+                raise
+            log.warning("job %s: Redis unavailable at claim (%s); retrying", job_id, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def backend_failure(exc: RouterError) -> bool:

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 
+import orjson
 import redis
 
 from tasks.connections import redis_client
@@ -38,7 +39,7 @@ class WorkerRuntime:
         self.liveness = Liveness(self.redis)
         self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.active: set[str] = set()
+        self.active: dict[str, str] = {}  # running job id -> its backend
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
@@ -54,7 +55,9 @@ class WorkerRuntime:
         """The models this worker has loaded, and what it says of itself on each beat:
         device, precision, batch capacity and load from backends that announce them."""
         models: list[str] = []
-        info = {"active": str(len(self.active))}
+        running = list(self.active.values())
+        per_backend = {b: running.count(b) for b in set(running)}
+        info = {"active": str(len(running)), "active_backends": orjson.dumps(per_backend).decode()}
         for backend in list(self._backends.values()):
             announce = getattr(backend, "announce", None)
             if announce is None:
@@ -92,6 +95,9 @@ class Heartbeat(threading.Thread):
         self.rt, self.queues, self.info, self.requeue = rt, queues, info, requeue
         self.models: list[str] = []
         self._stopped = threading.Event()
+        # beats in a row since the last Redis error: a worker just back from an outage does
+        # not reap until the others have had a full TTL to beat again
+        self._healthy = 0
 
     def beat(self) -> None:
         rt = self.rt
@@ -112,9 +118,12 @@ class Heartbeat(threading.Thread):
         while not self._stopped.wait(self.rt.settings.heartbeat_interval):
             try:
                 self.beat()
-                self.reap()
+                self._healthy += 1
+                if self._healthy > 3:
+                    self.reap()
             except redis.RedisError as exc:
                 # Redis unreachable: readers will see us expire; keep trying each interval.
+                self._healthy = 0
                 log.warning("heartbeat: %s", exc)
 
     def stop(self) -> None:

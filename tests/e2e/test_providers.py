@@ -390,3 +390,25 @@ def test_planted_key_never_leaves_the_worker(providers: Providers) -> None:
         else:
             continue
         assert SECRET[:16] not in blob, key
+
+
+def test_context_overflow_falls_back_to_a_larger_model(providers: Providers) -> None:
+    from registry.crud import add_model, set_model
+    from registry.db import make_engine
+
+    engine = make_engine(f"sqlite:///{providers.stack.tmp / 'providers.db'}")
+    add_model(
+        engine, "tiny-ctx", backend="openai", upstream="tiny-ctx", context_window=16, max_tokens=8
+    )
+    set_model(engine, "tiny-ctx", fallbacks=["gpt-4o-mini"])
+    wait_until(lambda: _available(providers.api, "tiny-ctx"), 10, "tiny-ctx listed")
+    long_prompt = ask("word " * 40)
+    raw = providers.client.chat.completions.with_raw_response.create(
+        model="tiny-ctx", messages=long_prompt
+    )
+    assert raw.headers["x-router-model"] == "gpt-4o-mini"
+    assert raw.parse().model == "gpt-4o-mini"
+    paths = [r.body["model"] for r in providers.fakes["openai"].requests if r.body]
+    assert paths == ["tiny-ctx", "gpt-4o-mini"]  # tried, refused for length, then the larger
+    short = providers.client.chat.completions.create(model="tiny-ctx", messages=ask("hi"))
+    assert short.model == "tiny-ctx"

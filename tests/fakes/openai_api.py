@@ -88,6 +88,7 @@ class OpenAIFake(FakeServer):
         self.usages: list[dict[str, int]] = []  # the usage of each completion, as reported
         self.stream_closed = threading.Event()
         self.slow_served = 0
+        self.latency = 0.0  # seconds before answering each chat request (a slow backend)
 
     def reset(self) -> None:
         """Forget requests, faults, counts and scripted health (between tests)."""
@@ -158,6 +159,8 @@ class OpenAIFake(FakeServer):
         refused = self._refuse(req) or self._invalid(req.body)
         if refused:
             return refused
+        if self.latency:
+            time.sleep(self.latency)
         body = req.body
         answer = Answer(body)
         with self._lock:
