@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import click
 from dotenv import load_dotenv
 
-from registry.cli import backends, models
+from registry.cli import CliError, backends, models
 from registry.db import database_url, init_db, make_engine
 
 
@@ -58,12 +59,14 @@ def agents(as_json: bool) -> None:
     from tasks.liveness import Liveness
     from tasks.settings import Settings
 
-    liveness = Liveness(redis_client(Settings.from_env(os.environ).redis_url))
-    workers = liveness.workers()
+    url = Settings.from_env(os.environ).redis_url
+    liveness = Liveness(redis_client(url))
+    with _redis_errors(url):
+        workers = liveness.workers()
+        now = liveness.server_time()
     if as_json:
         click.echo(orjson.dumps(workers, option=orjson.OPT_INDENT_2).decode())
         return
-    now = liveness.server_time()
     head = f"{'WORKER':32} {'QUEUES':16} {'MODELS':16} {'DEVICE':7} {'DTYPE':8} {'LOAD':>5}"
     click.echo(f"{head}  STATE")
     for w in workers:
@@ -92,12 +95,12 @@ def providers(concurrency: int | None) -> None:
     of them when one exits."""
     queues = enabled_provider_queues(os.environ)
     if not queues:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # before saying so: no race
         click.echo(
             "no provider key set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, "
             "OPENROUTER_API_KEY, XAI_API_KEY, VENICE_API_KEY, LLMD_BASE_URL): "
             "no provider worker started"
         )
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
             signal.pause()
     args = ["celery", "-A", "tasks", "worker", "-Q", ",".join(queues), "-P", "gevent"]
@@ -123,9 +126,13 @@ def backends_status(as_json: bool) -> None:
     engine = make_engine(database_url(os.environ))
     init_db(engine, os.environ, sync=False)
     infos = load_snapshot(engine).backends()
-    client = redis_client(Settings.from_env(os.environ).redis_url)
+    url = Settings.from_env(os.environ).redis_url
+    client = redis_client(url)
     health = BackendHealth(client, BreakerPolicy.from_env(os.environ))
-    rows = backend_report(health, Liveness(client), ((b.name, b.queue, b.enabled) for b in infos))
+    with _redis_errors(url):
+        rows = backend_report(
+            health, Liveness(client), ((b.name, b.queue, b.enabled) for b in infos)
+        )
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
@@ -145,3 +152,14 @@ def backends_status(as_json: bool) -> None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}ms"
+
+
+@contextmanager
+def _redis_errors(url: str) -> Iterator[None]:
+    """Redis unreachable: one line and exit 2, not a traceback."""
+    import redis as redis_lib
+
+    try:
+        yield
+    except redis_lib.RedisError as exc:
+        raise CliError(f"cannot reach Redis at {url}: {exc}") from None

@@ -35,3 +35,32 @@ def test_with_no_key_it_says_so_and_idles_until_stopped(tmp_path: Path) -> None:
     assert proc.poll() is None  # still up: honcho would stop the whole stack otherwise
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+def _irouter(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env}
+    cmd = [str(BIN / "irouter"), *args]
+    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_backends_status_reports_health(stack) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tasks.health import BackendHealth, BreakerPolicy
+
+    BackendHealth(stack.redis(), BreakerPolicy()).record("openai", False, 5, 7)
+    env = {"REDIS_URL": stack.redis_url, "DATABASE_URL": stack.db_url}
+    done = _irouter("backends", "status", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["openai"]["requests"] >= 1 and rows["openai"]["error_rate"] > 0
+    assert {"circuit", "live_workers", "queue_depth", "ttft_ms"} <= set(rows["local"])
+    table = _irouter("backends", "status", **env)
+    assert table.returncode == 0 and table.stdout.startswith("BACKEND")
+
+
+def test_cli_says_when_redis_is_unreachable(stack) -> None:  # type: ignore[no-untyped-def]
+    for args in (("backends", "status"), ("agents",)):
+        done = _irouter(*args, REDIS_URL="redis://127.0.0.1:1/0", DATABASE_URL=stack.db_url)
+        assert done.returncode == 2 and "cannot reach Redis" in done.stderr
+        assert "Traceback" not in done.stderr
