@@ -334,6 +334,7 @@ def test_cluster_down_makes_its_models_unavailable(providers: Providers) -> None
     fake.health_status = 503
     try:
         wait_until(lambda: not _available(providers.api, CLUSTER_MODEL), 15, "model gone")
+        time.sleep(1.5)  # each API process trusts a live worker it saw for up to 1 s
         with pytest.raises(openai.APIStatusError) as err:
             providers.client.chat.completions.create(model=CLUSTER_MODEL, messages=ask("x"))
         assert err.value.status_code in (404, 503)
