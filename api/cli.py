@@ -163,3 +163,27 @@ def _redis_errors(url: str) -> Iterator[None]:
         yield
     except redis_lib.RedisError as exc:
         raise CliError(f"cannot reach Redis at {url}: {exc}") from None
+
+
+@main.command()
+@click.option(
+    "--address",
+    default=lambda: os.environ.get("FLOWER_ADDRESS", "127.0.0.1"),
+    show_default="FLOWER_ADDRESS or 127.0.0.1",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("FLOWER_PORT", "5555")),
+    show_default="FLOWER_PORT or 5555",
+)
+def flower(address: str, port: int) -> None:
+    """Run Flower on loopback; on any other address only with FLOWER_BASIC_AUTH set."""
+    loopback = address in ("127.0.0.1", "localhost", "::1")
+    if not loopback and not os.environ.get("FLOWER_BASIC_AUTH"):
+        raise CliError(
+            f"Flower on {address} would be open to the network: set FLOWER_BASIC_AUTH="
+            "user:password (Flower reads it), or keep FLOWER_ADDRESS=127.0.0.1"
+        )
+    args = ["celery", "-A", "tasks", "flower", f"--address={address}", f"--port={port}"]
+    os.execvp(args[0], args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.keys import TASK_NAME
+from tasks.keys import task_name
 
 
 def make_celery(broker_url: str) -> Celery:
@@ -18,13 +18,13 @@ def make_celery(broker_url: str) -> Celery:
 
 
 def enqueue(celery: Celery, job_id: str, attempt: int, queue: str) -> None:
-    """Publish `router.generate(job_id, attempt)` on `queue` with a pooled producer.
+    """Publish `router.generate.<queue>(job_id, attempt)` on `queue`, pooled producer.
 
     Only the id travels: the request stays in the job hash, out of the broker and Flower.
     """
     with celery.producer_pool.acquire(block=True) as producer:
         celery.send_task(
-            TASK_NAME,
+            task_name(queue),
             (job_id, attempt),
             queue=queue,
             producer=producer,

@@ -18,7 +18,7 @@ from celery import signals
 from tasks import app
 from tasks.dispatch import enqueue
 from tasks.execute import run_job
-from tasks.keys import PROVIDER_QUEUES, TASK_NAME
+from tasks.keys import KNOWN_QUEUES, PROVIDER_QUEUES, TASK_NAME, task_name
 from tasks.liveness import Requeued
 from tasks.runtime import runtime
 from workers.providers import queue_kinds
@@ -30,6 +30,20 @@ log = logging.getLogger(__name__)
 def generate(job_id: str, attempt: int = 1) -> None:
     """Run one delivery of a job (see tasks.execute.run_job)."""
     run_job(runtime(), job_id, attempt)
+
+
+def _named(queue: str) -> None:
+    """The same task under `router.generate.<queue>`, so Flower shows which backend."""
+
+    def run(job_id: str, attempt: int = 1) -> None:
+        run_job(runtime(), job_id, attempt)
+
+    run.__doc__ = f"Run one delivery of a job on queue `{queue}`."
+    app.task(name=task_name(queue), ignore_result=True)(run)
+
+
+for _queue in sorted(KNOWN_QUEUES):
+    _named(_queue)
 
 
 def _requeue(job: Requeued) -> None:

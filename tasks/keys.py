@@ -29,7 +29,15 @@ PROVIDER_QUEUES = frozenset(
     {"openai", "openrouter", "grok", "venice", "anthropic", "google", "llm-d"}
 )
 
+KNOWN_QUEUES = PROVIDER_QUEUES | {LOCAL_QUEUE}
+
 TASK_NAME = "router.generate"
+
+
+def task_name(queue: str) -> str:
+    """The task name a job on `queue` is sent as: `router.generate.<queue>` for the known
+    queues (so Flower tells backends apart), the generic name for operator-added ones."""
+    return f"{TASK_NAME}.{queue}" if queue in KNOWN_QUEUES else TASK_NAME
 
 WORKERS = f"{PREFIX}:workers"
 REAPER_LOCK = f"{PREFIX}:reaper"

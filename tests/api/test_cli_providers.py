@@ -64,3 +64,10 @@ def test_cli_says_when_redis_is_unreachable(stack) -> None:  # type: ignore[no-u
         done = _irouter(*args, REDIS_URL="redis://127.0.0.1:1/0", DATABASE_URL=stack.db_url)
         assert done.returncode == 2 and "cannot reach Redis" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_flower_refuses_an_open_address_without_basic_auth() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    cmd = [str(BIN / "irouter"), "flower", "--address", "0.0.0.0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr
