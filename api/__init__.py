@@ -15,8 +15,9 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask, Response, g, request
 
-from api import errors
-from api.blueprints import admin, health, jobs, openai, ws
+from api import errors, logging_json, metrics, requestlog
+from api.blueprints import admin, health, jobs, openai, ui, ws
+from api.blueprints import metrics as metrics_bp
 from api.config import defaults
 from api.extension import Router
 from api.serving import ChatService
@@ -39,9 +40,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["chat"] = ChatService(router)
 
     errors.init_app(app)
-    for bp in (openai.bp, jobs.bp, ws.bp, admin.bp, health.bp):
+    for bp in (openai.bp, jobs.bp, ws.bp, admin.bp, health.bp, metrics_bp.bp, ui.bp):
         app.register_blueprint(bp)
     app.before_request(_assign_request_id)
+    logging_json.init_app(app)  # after _assign_request_id: binds g.request_id
+    metrics.init_app(app)
+    requestlog.init_app(app)
     app.after_request(_tag_response)
     return app
 

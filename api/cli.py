@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import click
 from dotenv import load_dotenv
 
+from api.requestlog import log
 from registry.cli import CliError, backends, models
 from registry.db import database_url, init_db, make_engine
 
@@ -29,6 +30,7 @@ def main() -> None:
 
 main.add_command(models)
 main.add_command(backends)
+main.add_command(log)
 
 
 @main.command()

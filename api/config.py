@@ -31,4 +31,9 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         # a job still queued after this many seconds moves to another usable deployment or
         # fallback model, if there is one (0: never)
         "QUEUE_WAIT": 20.0,
+        "LOG_JSON": False,  # one JSON object per log line, with request and job ids
+        "LOG_LEVEL": "INFO",
+        "REQUEST_LOG": True,  # write each completion to the registry's request log
+        "REQUEST_LOG_QUEUE": 10000,  # entries waiting for the writer; more are dropped
+        "REQUEST_LOG_BATCH": 500,
     }

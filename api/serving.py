@@ -19,6 +19,7 @@ from registry.queries import ModelRoute
 from tasks.dispatch import enqueue
 from tasks.events import StreamEvent, Transcript
 from tasks.keys import Event, JobStatus
+from tasks.metrics import current_request_id
 from workers.errors import (
     ConflictError,
     GatewayTimeoutError,
@@ -170,6 +171,7 @@ class ChatService:
             headers=self.forwarded(headers),
             created=now,
             deadline=deadline or now + self.timeout,
+            request_id=current_request_id(),
         )
         job_id = self.router.jobs.create(
             job, t.queue, idempotency_key=idempotency_key, digest=digest

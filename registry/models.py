@@ -11,6 +11,8 @@ from __future__ import annotations
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from registry.requestlog import RequestLog as RequestLog  # init_db creates its table
+
 #: Backend kinds the workers implement (one worker module per kind).
 KINDS: tuple[str, ...] = ("local", "openai-compatible", "anthropic", "google", "llm-d")
 

@@ -14,6 +14,7 @@ import redis
 from tasks import keys
 from tasks.events import cancelled_fields, done_fields, error_fields, token_fields
 from tasks.keys import JobStatus
+from tasks.metrics import set_request_id
 from tasks.runtime import WorkerRuntime
 from workers.errors import GatewayTimeoutError, RouterError
 from workers.protocol import ChatJob, Chunk, Done, ErrorInfo
@@ -80,6 +81,7 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
     if claim.job is None:
         log.info("job %s attempt %d: %s, dropped", job_id, attempt, claim.outcome)
         return
+    set_request_id(claim.job.request_id)  # this job's log lines name its API request
     writer = JobWriter(rt, claim.job, attempt, claim.token_base)
     if claim.job.expired():  # never call the backend for a job nobody waits for any more
         writer.fail(GatewayTimeoutError("The request timed out before a worker started it.").info())

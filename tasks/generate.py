@@ -20,10 +20,17 @@ from tasks.dispatch import enqueue
 from tasks.execute import run_job
 from tasks.keys import KNOWN_QUEUES, PROVIDER_QUEUES, TASK_NAME, task_name
 from tasks.liveness import Requeued
+from tasks.metrics import celery_json_logging, task_log_context_begin, task_log_context_end
 from tasks.runtime import runtime
 from workers.providers import queue_kinds
 
 log = logging.getLogger(__name__)
+
+# ROUTER_LOG_JSON=1: JSON log lines, naming the job and its request while a task runs
+signals.after_setup_logger.connect(celery_json_logging)
+signals.after_setup_task_logger.connect(celery_json_logging)
+signals.task_prerun.connect(task_log_context_begin)
+signals.task_postrun.connect(task_log_context_end)
 
 
 @app.task(name=TASK_NAME, ignore_result=True)

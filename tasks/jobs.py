@@ -124,7 +124,7 @@ class JobStore:
         flat = [x for kv in fields.items() for x in kv]
         idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
         res = self._create(
-            keys=[keys.job_key(job.id), idem],
+            keys=[keys.job_key(job.id), idem, keys.QUEUED],
             args=[max(lifetime, 1), idempotency_ttl, digest, *flat],
         )
         if res[0] == "exists":
@@ -136,7 +136,8 @@ class JobStore:
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel; returns the status after the call (None for an unknown job)."""
         res = self._cancel(
-            keys=[keys.job_key(job_id), keys.events_key(job_id)], args=[self.job_ttl]
+            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.QUEUED],
+            args=[self.job_ttl, job_id],
         )
         return None if res == "missing" else JobStatus(res)
 
@@ -172,6 +173,7 @@ class JobStore:
                 keys.job_key(job_id),
                 keys.events_key(job_id),
                 keys.worker_jobs_key(worker_id),
+                keys.QUEUED,
             ],
             args=[str(attempt), worker_id, self.job_ttl, job_id],
         )

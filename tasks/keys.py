@@ -11,6 +11,7 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:queue:{queue}:workers  zset    worker id -> alive until, per consumed queue
     router:queue:{q}:model:{m}:workers  zset  the same, per model a local worker has loaded
     router:reaper                 string  lock: one reaper pass at a time across workers
+    router:queued                 zset    job id -> when it was (re)queued, while queued
     router:backend:{b}:circuit    hash    circuit breaker: state, failures, opened_at
     router:backend:{b}:probe      string  the one half-open probe in flight (expires)
     router:backend:{b}:outcomes   list    recent jobs, newest first: "ts:ttft_ms:total_ms:ok"
@@ -39,7 +40,9 @@ def task_name(queue: str) -> str:
     queues (so Flower tells backends apart), the generic name for operator-added ones."""
     return f"{TASK_NAME}.{queue}" if queue in KNOWN_QUEUES else TASK_NAME
 
+
 WORKERS = f"{PREFIX}:workers"
+QUEUED = f"{PREFIX}:queued"
 REAPER_LOCK = f"{PREFIX}:reaper"
 
 

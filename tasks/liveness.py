@@ -35,6 +35,7 @@ class Liveness:
         self._goodbye = client.register_script(lua("goodbye"))
         self._reap = client.register_script(lua("reap"))
         self._live = client.register_script(lua("live"))
+        self._stale = client.register_script(lua("stale"))
 
     def beat(
         self,
@@ -59,6 +60,12 @@ class Liveness:
     def reap(self, max_workers: int = 50) -> list[Requeued]:
         """Requeue the running jobs of expired workers; the caller publishes them."""
         flat = self._reap(keys=[keys.WORKERS], args=[keys.PREFIX, max_workers])
+        return [Requeued(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def lost_deliveries(self, older_than: float, limit: int = 200) -> list[Requeued]:
+        """Jobs queued longer than `older_than` s with nothing waiting on their queue: their
+        message was lost; the caller publishes them again (same attempt: claims dedupe)."""
+        flat = self._stale(keys=[keys.QUEUED], args=[keys.PREFIX, older_than, limit])
         return [Requeued(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def try_lock(self, owner: str, seconds: float) -> bool:

@@ -113,6 +113,11 @@ class Heartbeat(threading.Thread):
         for job in rt.liveness.reap():
             log.warning("job %s: worker lost, redelivering as attempt %d", job.job_id, job.attempt)
             self.requeue(job)
+        for job in rt.liveness.lost_deliveries(rt.settings.redeliver_after):
+            log.warning(
+                "job %s: queued with no message left on %s, publishing again", job.job_id, job.queue
+            )
+            self.requeue(job)
 
     def run(self) -> None:
         while not self._stopped.wait(self.rt.settings.heartbeat_interval):

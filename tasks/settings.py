@@ -22,6 +22,7 @@ class Settings:
     visibility_timeout: int = 3600  # broker redelivery; our reaper is much faster
     concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
     task_events: bool = True  # Flower needs them
+    redeliver_after: float = 30.0  # a queued job whose message is gone is published again
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -39,4 +40,5 @@ class Settings:
             visibility_timeout=int(env.get("ROUTER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
             concurrency=int(conc) if conc else None,
             task_events=env.get("ROUTER_TASK_EVENTS", "1") not in ("0", "false", "no"),
+            redeliver_after=float(env.get("ROUTER_REDELIVER_AFTER", cls.redeliver_after)),
         )

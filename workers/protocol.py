@@ -52,6 +52,7 @@ class ChatJob:
     headers: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     deadline: float | None = None
+    request_id: str | None = None  # the API request's id, for the worker's log lines
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.extension import router
 from api.http import chat_service, json_body, json_response, route_headers
+from api.metrics import CompletionObserver
 from api.schemas import model_body, parse_chat_request
 from api.streaming import chat_chunks
 from registry.queries import ModelRoute
@@ -21,7 +22,8 @@ def chat_completions() -> Response:
     """Create a chat completion; with `stream: true`, as server-sent events."""
     req = parse_chat_request(json_body())
     service = chat_service()
-    started = service.start(req, headers=request.headers.items())
+    observer = CompletionObserver.begin(service, req.model)
+    started = observer.start(service, req, headers=request.headers.items())
     headers = route_headers(started.sub)
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)

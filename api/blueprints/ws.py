@@ -17,6 +17,7 @@ from flask_sock import Sock
 
 from api.extension import router
 from api.http import chat_service
+from api.metrics import CompletionObserver
 from api.schemas import parse_chat_request
 from api.serving import ChatService
 from workers.errors import InvalidRequestError, NotFoundError, RouterError
@@ -54,12 +55,16 @@ def pump(
     deadline: float,
     after: str,
     owner: bool = False,
+    observer: CompletionObserver | None = None,
 ) -> None:
     """Forward a job's events to the socket until the job ends; honour client cancels.
     The `owner` (the socket that created the job) cancels it if it goes away mid-job."""
     ended = False
     try:
-        for event in service.events(job_id, queue, deadline, after, owner=owner):
+        events = service.events(job_id, queue, deadline, after, owner=owner)
+        if observer is not None:
+            events = observer.events(events)
+        for event in events:
             if _cancel_requested(ws):
                 router().jobs.cancel(job_id)
             if event is None:
@@ -94,16 +99,22 @@ def chat_socket(ws: Any) -> None:
         raw = ws.receive()
         if raw is None:
             return
+        observer: CompletionObserver | None = None
         try:
             body = orjson.loads(raw)
             if isinstance(body, dict) and body.get("type") == "cancel":
                 continue  # nothing running between requests
-            sub = service.submit(parse_chat_request(body), headers=request.headers.items())
+            req = parse_chat_request(body)
+            observer = CompletionObserver.begin(service, req.model)
+            sub = service.submit(req, headers=request.headers.items())
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue
         except RouterError as exc:
+            if observer is not None:
+                observer.finish(str(exc.status_code))
             _send_error(ws, exc)
             continue
         _send(ws, {"type": "job", "id": sub.job_id, "model": sub.route.id, "backend": sub.backend})
-        pump(ws, service, sub.job_id, sub.queue, sub.deadline, "0-0", owner=True)
+        observer.submitted(sub)
+        pump(ws, service, sub.job_id, sub.queue, sub.deadline, "0-0", True, observer)

@@ -1,6 +1,6 @@
 -- A worker takes a delivered job: drop stale or duplicate deliveries, honour a cancel that
 -- came while queued, write `restart` on a redelivery, mark it running.
--- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set
+-- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set, KEYS[4] queued index
 -- ARGV[1] attempt carried by the message, ARGV[2] worker id, ARGV[3] job ttl, ARGV[4] job id
 -- Returns {'ok', request json, token id base (ms)} or {reason}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -10,6 +10,7 @@ if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {'stale'} end
 if status == 'running' then return {'duplicate'} end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('ZREM', KEYS[4], ARGV[4])
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', now)
   redis.call('XADD', KEYS[2], '*', 'type', 'cancelled')

@@ -12,6 +12,7 @@ for _, w in ipairs(dead) do
     if redis.call('HGET', h, 'status') == 'running' and redis.call('HGET', h, 'worker') == w then
       local attempt = redis.call('HINCRBY', h, 'attempt', 1)
       redis.call('HSET', h, 'status', 'queued', 'worker', '')
+      redis.call('ZADD', ARGV[1] .. ':queued', t[1], j)
       table.insert(out, j)
       table.insert(out, redis.call('HGET', h, 'queue'))
       table.insert(out, tostring(attempt))

@@ -59,3 +59,19 @@ def test_reaper_lock_lets_one_pass_through(r) -> None:
     lv = Liveness(r)
     assert lv.try_lock("a", 1.0)
     assert not lv.try_lock("b", 1.0)
+
+
+def test_a_queued_job_whose_message_is_gone_is_found_again(r, make_job) -> None:  # type: ignore[no-untyped-def]
+    store, lv = JobStore(r, job_ttl=60), Liveness(r)
+    for job_id in ("job_lost", "job_waiting", "job_taken", "job_cancelled"):
+        store.create(make_job(job_id), "q-lost" if job_id != "job_waiting" else "q-busy")
+    r.rpush("q-busy", "a message still in line")
+    store.claim("job_taken", 1, "w1")
+    store.cancel("job_cancelled")
+    assert set(r.zrange(keys.QUEUED, 0, -1)) == {"job_lost", "job_waiting"}
+    assert lv.lost_deliveries(older_than=60) == []  # too young yet
+    r.zadd(keys.QUEUED, {"job_lost": 1, "job_waiting": 1})  # queued long ago
+    assert lv.lost_deliveries(older_than=60) == [Requeued("job_lost", "q-lost", 1)]
+    assert lv.lost_deliveries(older_than=60) == []  # moved to the back: not every pass
+    store.claim("job_lost", 1, "w2")  # the republished message arrives
+    assert set(r.zrange(keys.QUEUED, 0, -1)) == {"job_waiting"}
