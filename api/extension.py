@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from flask import current_app
 
-from api.routing import LoadView, Picker
+from api.routing import ANNOUNCING_KINDS, LoadView, Picker
 from registry.db import init_db, make_engine
 from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
@@ -20,11 +20,6 @@ from tasks.dispatch import make_celery
 from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
-
-#: Kinds whose workers announce the models they can serve; a route of one of these kinds is
-#: available only while a live worker announces its model (local: loaded; llm-d: served by
-#: the cluster, as its /v1/models says).
-ANNOUNCING_KINDS = frozenset({"local", "llm-d"})
 
 #: Kinds whose announced models join the registry without being added by hand.
 DISCOVERING_KINDS = frozenset({"llm-d"})
@@ -95,9 +90,6 @@ class LiveWorkers:
     def __init__(self, liveness: Liveness, ttl: float = 1.0) -> None:
         self.liveness, self.ttl = liveness, ttl
         self._seen: dict[tuple[str, str | None], float] = {}
-
-    def any(self, route: ModelRoute) -> bool:
-        return self.any_target(route.kind, route.queue, route.upstream)
 
     def any_target(self, kind: str, queue: str, upstream: str) -> bool:
         """Whether a live worker serves `queue` (and, for announcing kinds, `upstream`)."""

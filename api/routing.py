@@ -25,6 +25,13 @@ from registry.queries import ModelRoute, Snapshot
 from tasks.health import BackendHealth
 from tasks.liveness import Liveness
 
+#: Kinds whose workers announce the models they can serve; a deployment of one of these
+#: kinds is usable only while a live worker announces its model (local: loaded; llm-d:
+#: served by the cluster, as its /v1/models says).
+ANNOUNCING_KINDS = frozenset({"local", "llm-d"})
+
+_WorkerLoad = tuple[frozenset[str], int, dict[str, int]]
+
 
 @dataclass(frozen=True)
 class Target:
@@ -92,19 +99,26 @@ class LoadView:
 
     def load(self, target: Target) -> tuple[int, int]:
         """(jobs of `target`'s backend running, capacity) over the live workers of its queue."""
-        workers: list[dict[str, str]] = self._cached("workers", self._live_workers)
+        workers: list[_WorkerLoad] = self._cached("workers", self._live_workers)
         running = capacity = 0
-        for w in workers:
-            if target.queue not in w.get("queues", "").split(","):
-                continue
-            capacity += int(w.get("capacity") or w.get("concurrency") or 1)
-            per_backend = orjson.loads(w.get("active_backends") or "{}")
-            running += int(per_backend.get(target.backend, 0))
+        for queues, cap, per_backend in workers:
+            if target.queue in queues:
+                capacity += cap
+                running += per_backend.get(target.backend, 0)
         return running, capacity
 
-    def _live_workers(self) -> list[dict[str, str]]:
+    def _live_workers(self) -> list[_WorkerLoad]:
+        """Live workers as (queues, capacity, running jobs per backend), parsed once."""
         now = self.liveness.server_time()
-        return [w for w in self.liveness.workers() if float(w["alive_until"]) > now]
+        return [
+            (
+                frozenset(w.get("queues", "").split(",")),
+                int(w.get("capacity") or w.get("concurrency") or 1),
+                {b: int(n) for b, n in orjson.loads(w.get("active_backends") or "{}").items()},
+            )
+            for w in self.liveness.workers()
+            if float(w["alive_until"]) > now
+        ]
 
     def ttft(self, backend: str) -> float:
         stats = self._cached(f"stats:{backend}", lambda: self.health.stats([backend])[backend])
@@ -175,7 +189,7 @@ class Picker:
         """None when `t` can take a job now. The breaker is asked last: letting a request
         through as a half-open probe is a commitment to send it."""
         if not self.live.any_target(t.kind, t.queue, t.upstream):
-            model = f"model `{t.upstream}` on " if t.kind in ("local", "llm-d") else ""
+            model = f"model `{t.upstream}` on " if t.kind in ANNOUNCING_KINDS else ""
             return Refusal(
                 "no_worker",
                 f"No worker is serving {model}queue `{t.queue}`. Start one with "
