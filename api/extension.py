@@ -16,7 +16,6 @@ from api.routing import ANNOUNCING_KINDS, LoadView, Picker
 from registry.db import init_db, make_engine
 from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
-from tasks.dispatch import make_celery
 from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
@@ -128,7 +127,6 @@ class Router:
     def __init__(self, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
         self.config = config
         self.redis = redis_client(config["REDIS_URL"])
-        self.celery = make_celery(config["REDIS_URL"])
         self.jobs = JobStore(self.redis, job_ttl=int(config["JOB_TTL"]))
         self.liveness = Liveness(self.redis)
         self.live = LiveWorkers(self.liveness)

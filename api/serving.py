@@ -16,7 +16,7 @@ from api.extension import Router
 from api.routing import Candidate, Refusal
 from api.schemas import ChatCompletionRequest, completion_body
 from registry.queries import ModelRoute
-from tasks.dispatch import enqueue
+from tasks.dispatch import task_message
 from tasks.events import StreamEvent, Transcript
 from tasks.keys import Event, JobStatus
 from tasks.metrics import current_request_id
@@ -173,12 +173,11 @@ class ChatService:
             deadline=deadline or now + self.timeout,
             request_id=current_request_id(),
         )
+        message = task_message(job.id, 1, t.queue)
         job_id = self.router.jobs.create(
-            job, t.queue, idempotency_key=idempotency_key, digest=digest
+            job, t.queue, idempotency_key=idempotency_key, digest=digest, message=message
         )
         replayed = job_id != job.id  # the same Idempotency-Key and body were seen before
-        if not replayed:
-            enqueue(self.router.celery, job.id, 1, t.queue)
         end = job.deadline or now
         return Submitted(job_id, route, int(now), end, replayed, backend=t.backend, queue=t.queue)
 

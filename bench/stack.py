@@ -61,21 +61,34 @@ class Stack:
 
     def worker(self, queues: str = "local-mps", *extra: str, env: dict | None = None) -> int:
         """Start a worker, wait until it has announced itself; returns its pid."""
+        args = [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", queues, "-l", "warning"]
+        proc = self.spawn(f"worker-{len(self.procs)}", [*args, *extra], env)
+        self._announced(proc, queues)
+        return proc.pid
+
+    def providers(self, env: dict | None = None) -> int:
+        """Start `irouter providers` as the Procfile does (a gevent worker on every provider
+        queue whose key is set), wait until it has announced itself; returns its pid."""
+        path = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"  # as make run: the venv first
+        proc = self.spawn("providers", [str(BIN / "irouter"), "providers"], {"PATH": path, **(env or {})})
+        self._announced(proc, "providers")
+        return proc.pid
+
+    def _announced(self, proc: subprocess.Popen[bytes], what: str) -> None:
         from tasks.liveness import Liveness
 
         lv = Liveness(redis.Redis.from_url(self.redis_url, decode_responses=True))
-        args = [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", queues, "-l", "warning"]
-        proc = self.spawn(f"worker-{len(self.procs)}", [*args, *extra], env)
 
         def announced() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker on {what} exited with {proc.returncode}")
             now = lv.server_time()
             return any(
                 w.get("pid") == str(proc.pid) and float(w["alive_until"]) > now
                 for w in lv.workers()
             )
 
-        _wait(announced, 180, f"worker on {queues}")
-        return proc.pid
+        _wait(announced, 180, f"worker on {what}")
 
     def restart_redis(self, down: float = 0.0) -> tuple[float, float]:
         """Stop redis-server gracefully (it writes its AOF), stay down `down` seconds, start
@@ -110,7 +123,8 @@ class Stack:
         port = free_port()
         args = [str(BIN / "gunicorn"), "-k", "gevent", "-w", str(workers)]
         args += ["--worker-connections", "2000", "-b", f"127.0.0.1:{port}", "api:create_app()"]
-        self.spawn("api", args)
+        (self.tmp / "metrics").mkdir(exist_ok=True)
+        self.spawn("api", args, {"PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics")})
         self.api_url = f"http://127.0.0.1:{port}"
         _wait(lambda: _answers(self.api_url + "/healthz"), 30, "the API")
         return self.api_url

@@ -22,6 +22,14 @@ _settings = Settings.from_env(os.environ)
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {
+    # kombu's ack emulation keeps every delivery in an "unacked" hash and index (a MULTI
+    # on delivery and another on ack: 14% of a worker's CPU in shared/bench/FINDINGS.md)
+    # and restores it only after the visibility timeout. Our own bookkeeping is faster and
+    # already covers each case: a claimed job of a dead worker is requeued by the reaper
+    # within ~3 heartbeats; a delivered but unclaimed one stays `queued` in the job index
+    # and is published again after ROUTER_REDELIVER_AFTER; claims are idempotent. A warm
+    # shutdown still puts reserved messages back (kombu's in-memory QoS does that).
+    "ack_emulation": False,
     "visibility_timeout": _settings.visibility_timeout,
     "max_connections": 2000,
     "socket_keepalive": True,

@@ -54,7 +54,7 @@ for _queue in sorted(KNOWN_QUEUES):
 
 
 def _requeue(job: Requeued) -> None:
-    enqueue(app, job.job_id, job.attempt, job.queue)
+    enqueue(runtime().redis, job.job_id, job.attempt, job.queue)
 
 
 @signals.celeryd_after_setup.connect

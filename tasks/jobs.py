@@ -105,8 +105,10 @@ class JobStore:
         idempotency_key: str | None = None,
         digest: str = "",
         idempotency_ttl: int = 86400,
+        message: bytes | None = None,
     ) -> str:
-        """Store a queued job; returns its id, or the earlier job's id for a repeated key."""
+        """Store a queued job and push its task `message` (tasks.dispatch) on `queue`, in
+        one step; returns its id, or the earlier job's id for a repeated key (no push)."""
         deadline = job.deadline or time.time() + 3600
         lifetime = int(deadline - time.time()) + self.job_ttl
         fields = {
@@ -124,8 +126,8 @@ class JobStore:
         flat = [x for kv in fields.items() for x in kv]
         idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
         res = self._create(
-            keys=[keys.job_key(job.id), idem, keys.QUEUED],
-            args=[max(lifetime, 1), idempotency_ttl, digest, *flat],
+            keys=[keys.job_key(job.id), idem, keys.QUEUED, queue if message else ""],
+            args=[max(lifetime, 1), idempotency_ttl, digest, message or b"", *flat],
         )
         if res[0] == "exists":
             if res[2] != digest:

@@ -21,7 +21,7 @@ class Settings:
     heartbeat_interval: float = 2.0  # a worker is dead after 3 missed heartbeats
     visibility_timeout: int = 3600  # broker redelivery; our reaper is much faster
     concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
-    task_events: bool = True  # Flower needs them
+    task_events: bool = False  # Flower turns them on in the workers while it runs
     redeliver_after: float = 30.0  # a queued job whose message is gone is published again
 
     @property
@@ -39,6 +39,6 @@ class Settings:
             heartbeat_interval=float(env.get("ROUTER_HEARTBEAT_INTERVAL", cls.heartbeat_interval)),
             visibility_timeout=int(env.get("ROUTER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
             concurrency=int(conc) if conc else None,
-            task_events=env.get("ROUTER_TASK_EVENTS", "1") not in ("0", "false", "no"),
+            task_events=env.get("ROUTER_TASK_EVENTS", "0") in ("1", "true", "yes"),
             redeliver_after=float(env.get("ROUTER_REDELIVER_AFTER", cls.redeliver_after)),
         )

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from openai import (
     APIConnectionError,
     APIError,
@@ -28,7 +29,6 @@ from openai import (
     Timeout,
 )
 from openai.resources.chat.completions import Completions
-from openai.types.chat import ChatCompletionChunk
 
 from workers.errors import GatewayTimeoutError, InvalidRequestError, RouterError, UpstreamError
 from workers.protocol import ChatJob, Chunk, Done, Usage
@@ -275,38 +275,76 @@ def tool_fragment(raw: dict[str, Any], state: StreamState) -> dict[str, Any] | N
     return {"index": index, "function": {"arguments": arguments}} if arguments else None
 
 
-def chunk_of(choice: Any, state: StreamState) -> Chunk:
+def logprob_entry(raw: dict[str, Any]) -> dict[str, Any]:
+    """One `logprobs.content` entry in OpenAI's field order (token, bytes, logprob,
+    top_logprobs), whatever order or omissions the upstream used."""
+    top = [
+        {"token": t.get("token"), "bytes": t.get("bytes"), "logprob": t.get("logprob")}
+        for t in raw.get("top_logprobs") or ()
+    ]
+    entry = {"token": raw.get("token"), "bytes": raw.get("bytes"), "logprob": raw.get("logprob")}
+    return {**entry, "top_logprobs": top}
+
+
+def chunk_of(choice: dict[str, Any], state: StreamState) -> Chunk:
     """The Chunk for one upstream choice delta (may be empty: a role-only delta)."""
-    delta = choice.delta
+    delta = choice.get("delta") or {}
     # A refusal is text the client must see; our stream has no separate channel for it.
-    text = (getattr(delta, "content", None) or "") + (getattr(delta, "refusal", None) or "")
+    text = (delta.get("content") or "") + (delta.get("refusal") or "")
     calls = [
         frag
-        for tc in getattr(delta, "tool_calls", None) or ()
-        if (frag := tool_fragment(tc.model_dump(exclude_none=True), state)) is not None
+        for tc in delta.get("tool_calls") or ()
+        if (frag := tool_fragment(tc, state)) is not None
     ]
-    logprobs = getattr(choice, "logprobs", None)
-    entries = [e.model_dump(mode="json") for e in (getattr(logprobs, "content", None) or ())]
+    logprobs = choice.get("logprobs") or {}
+    entries = [logprob_entry(e) for e in logprobs.get("content") or ()]
     return Chunk(delta=text, tool_calls=calls or None, logprobs=entries or None)
 
 
-def relay(stream: Stream[ChatCompletionChunk], state: StreamState) -> Iterator[Chunk]:
+def stream_error(body: Any, stream: Stream[Any]) -> APIError:
+    """The SDK's own exception for an error payload inside a 200 stream."""
+    error = body["error"] if body.get("error") else body
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = "An error occurred during streaming"
+    return APIError(message, stream.response.request, body=error)
+
+
+def events(stream: Stream[Any]) -> Iterator[dict[str, Any]]:
+    """The stream's JSON payloads as plain dicts, up to `[DONE]`.
+
+    We read the SDK's server-sent events ourselves rather than iterate its Stream, which
+    builds a pydantic model of every chunk: that was half of a provider worker's CPU per
+    request (bench/overhead.py). Transport errors are wrapped by the SDK as before
+    (APITimeoutError, APIConnectionError); error payloads raise its APIError, as it would.
+    """
+    for sse in stream._iter_events():
+        if sse.data.startswith("[DONE]"):
+            return
+        body = orjson.loads(sse.data)
+        if not isinstance(body, dict):
+            continue
+        if body.get("error") or body.get("object") == "error":  # also older vLLM's flat error
+            raise stream_error(body, stream)
+        yield body
+
+
+def relay(stream: Stream[Any], state: StreamState) -> Iterator[Chunk]:
     """Non-empty Chunks of the upstream's first choice; finish and usage kept in `state`."""
-    for event in stream:
-        if getattr(event, "object", None) == "error":  # a flat error payload (older vLLM)
-            body = event.model_dump()
-            raise APIError(str(body.get("message") or "error"), stream.response.request, body=body)
-        for choice in getattr(event, "choices", None) or ():
-            if getattr(choice, "index", 0):
+    for event in events(stream):
+        for choice in event.get("choices") or ():
+            if choice.get("index", 0):
                 continue
             chunk = chunk_of(choice, state)
             if chunk:
                 yield chunk
-            if choice.finish_reason:
-                state.finish = finish_reason(choice.finish_reason, state.backend)
-        usage = getattr(event, "usage", None)
-        if usage is not None:
-            state.usage = Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+            if choice.get("finish_reason"):
+                state.finish = finish_reason(choice["finish_reason"], state.backend)
+        usage = event.get("usage")
+        if usage:
+            state.usage = Usage(
+                usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            )
 
 
 class OpenAICompatBackend:

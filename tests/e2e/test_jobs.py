@@ -137,14 +137,12 @@ def test_events_for_unknown_job_and_bad_last_event_id(http: httpx.Client) -> Non
 
 
 def test_a_late_duplicate_delivery_of_a_finished_job_is_dropped(http: httpx.Client, stack) -> None:
-    from tasks.dispatch import enqueue, make_celery
+    from tasks.dispatch import enqueue
 
     job_id = http.post("/v1/jobs", json=SHORT).json()["id"]
     done = poll(http, job_id, {"succeeded"})
     events = stack.redis().xlen(f"router:job:{job_id}:events")
-    enqueue(
-        make_celery(stack.redis_url), job_id, 1, "local-mps"
-    )  # what the broker does after a visibility timeout
+    enqueue(stack.redis(), job_id, 1, "local-mps")  # as a broker redelivery would
     time.sleep(2.0)
     assert stack.redis().xlen(f"router:job:{job_id}:events") == events
     assert http.get(f"/v1/jobs/{job_id}").json() == done

@@ -1,0 +1,286 @@
+"""What the router itself costs: the same requests sent straight to a mock upstream and
+through the whole stack as `make run` starts it (API under gunicorn, `irouter providers`,
+Redis), and optionally through LiteLLM's proxy in front of the same mock. Columns run
+interleaved in one run (A B A B …, rotated each repetition); figures are medians of the
+repetitions, and "added" is the median of same-repetition differences from direct.
+
+    .venv/bin/python bench/overhead.py [--reps 3] [--litellm-venv DIR] [--soak 600]
+        [--only 1,2,3,4,5] [--scale 1.0] [--out results.json]
+
+Scenarios (issue 7): (1) sequential non-stream, latency 0, 16 tokens, 300 requests;
+(2) sequential stream, TTFT 20 ms, 64 tokens 5 ms apart, 200 requests; (3) open loop,
+latency 1.5 s, 16 tokens, 30 s at 100, 250 and 500 req/s; (4) closed loop, 64 clients,
+latency 0; (5) RSS of the API and worker processes at start, after (3), and through a
+soak at 100 req/s. `--scale` shrinks request counts and durations (for a quick look;
+the published figures use 1.0). The mock is registered as model `mock` on the `openai`
+backend (OPENAI_BASE_URL points the provider worker at it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from stack import BIN, ROOT, Stack, _answers, _wait, free_port
+
+LOAD = [sys.executable, str(ROOT / "bench" / "load.py"), "--json"]
+FAST = {"latency_ms": 0, "tokens": 16, "interval_ms": 0}
+STREAM = {"latency_ms": 20, "tokens": 64, "interval_ms": 5}
+SLOW = {"latency_ms": 1500, "tokens": 16, "interval_ms": 0}
+KEY = "sk-bench"
+
+
+# -- the processes --------------------------------------------------------------------------
+class Mock:
+    def __init__(self, stack: Stack) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        stack.spawn("mock", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", port])
+        _wait(lambda: _answers(self.url + "/v1/models"), 30, "the mock upstream")
+
+    def set(self, knobs: dict[str, float]) -> None:
+        httpx.post(self.url + "/mock/config", json=knobs, timeout=5).raise_for_status()
+
+
+def start_litellm(stack: Stack, venv: Path, mock: Mock) -> str:
+    """LiteLLM's proxy (one process, as its quickstart runs it) in front of the mock."""
+    port = free_port()
+    config = stack.tmp / "litellm.yaml"
+    params = f"model: openai/mock, api_base: {mock.url}/v1, api_key: {KEY}"
+    config.write_text(f"model_list:\n  - model_name: mock\n    litellm_params: {{{params}}}\n")
+    env = {"LITELLM_MASTER_KEY": KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    args = [str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port)]
+    stack.spawn("litellm", [*args, "--host", "127.0.0.1"], env)
+    url = f"http://127.0.0.1:{port}"
+    _wait(lambda: _answers(url + "/health/liveliness"), 120, "LiteLLM")
+    return url + "/v1"
+
+
+def start_router(stack: Stack, mock: Mock) -> tuple[str, list[int]]:
+    """Register the mock, start the provider worker and the API; (base url, their pids)."""
+    from registry.crud import add_model
+    from registry.db import make_engine
+
+    add_model(make_engine(stack.env["DATABASE_URL"]), "mock", "openai", context_window=32768)
+    worker = stack.providers({"OPENAI_BASE_URL": mock.url + "/v1"})
+    api = stack.api(2)
+    return api + "/v1", [worker, stack.procs[-1].pid]
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes and all their children, in MB."""
+    total = 0
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            total += p.memory_info().rss
+    return round(total / 2**20, 1)
+
+
+# -- running load ---------------------------------------------------------------------------
+def load(url: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([*LOAD, "--base-url", url, *args], capture_output=True, check=False)
+    if out.returncode not in (0, 1):
+        raise RuntimeError(out.stderr.decode()[-2000:])
+    return dict(json.loads(out.stdout))
+
+
+def interleaved(targets: dict[str, str], reps: int, *args: str) -> dict[str, list[dict]]:
+    """Each target once per repetition, the order rotated, so drift hits all alike."""
+    names = list(targets)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            runs[name].append(load(targets[name], *args))
+    return runs
+
+
+def get(summary: dict, path: str) -> float:
+    value: Any = summary
+    for part in path.split("."):
+        value = value[part]
+    return float(value) if value is not None else float("nan")
+
+
+def median(runs: list[dict], path: str) -> float:
+    return statistics.median(get(r, path) for r in runs)
+
+
+def added(runs: dict[str, list[dict]], name: str, path: str) -> float:
+    """Median over repetitions of (name - direct) in the same repetition."""
+    pairs = zip(runs[name], runs["direct"], strict=True)
+    return statistics.median(get(a, path) - get(b, path) for a, b in pairs)
+
+
+# -- scenarios ------------------------------------------------------------------------------
+def scenario_sequential(mock: Mock, targets: dict[str, str], reps: int, n: int) -> dict:
+    mock.set(FAST)
+    runs = interleaved(targets, reps, "--requests", str(n), "--warmup", "20")
+    return {"runs": runs, "rows": _rows(runs, "latency_ms", "latency")}
+
+
+def scenario_streaming(mock: Mock, targets: dict[str, str], reps: int, n: int) -> dict:
+    mock.set(STREAM)
+    runs = interleaved(targets, reps, "--stream", "--requests", str(n), "--warmup", "10")
+    return {"runs": runs, "rows": _rows(runs, "ttft_ms", "TTFT")}
+
+
+def _rows(runs: dict[str, list[dict]], metric: str, label: str) -> list[list[str]]:
+    rows = []
+    for q in ("p50", "p99"):
+        path = f"{metric}.{q}"
+        row = [f"{label} {q} (ms)"]
+        for name in runs:
+            cell = f"{median(runs[name], path):.1f}"
+            if name != "direct":
+                cell += f" (+{added(runs, name, path):.1f})"
+            row.append(cell)
+        rows.append(row)
+    return rows
+
+
+def scenario_open(
+    mock: Mock, targets: dict[str, str], reps: int, duration: float, rates: list[int]
+) -> dict:
+    mock.set(SLOW)
+    out: dict[str, Any] = {"runs": {}, "rows": []}
+    for rate in rates:
+        args = ("--rate", str(rate), "--duration", str(duration), "--timeout", "60")
+        runs = interleaved(targets, reps, *args)
+        out["runs"][rate] = runs
+        row = [f"{rate} req/s offered: ok %, req/s, p50/p99 (s)"]
+        for name in runs:
+            ok = median(runs[name], "success_pct")
+            rps = median(runs[name], "steady_rps")
+            p50 = median(runs[name], "latency_ms.p50") / 1000
+            p99 = median(runs[name], "latency_ms.p99") / 1000
+            row.append(f"{ok:.1f}%, {rps:.0f}, {p50:.2f}/{p99:.2f}")
+        out["rows"].append(row)
+    return out
+
+
+def scenario_closed(mock: Mock, targets: dict[str, str], reps: int, n: int) -> dict:
+    mock.set(FAST)
+    runs: dict[str, list[dict]] = {}
+    for name, url in targets.items():  # direct answers ~20x faster: give it more requests
+        count = n * 10 if name == "direct" else n
+        runs[name] = interleaved({name: url}, reps, "--concurrency", "64", "--requests", str(count), "--warmup", "64")[name]
+    row = ["closed loop, 64 clients: req/s"]
+    for name in runs:
+        row.append(f"{median(runs[name], 'throughput_rps'):.0f}")
+    return {"runs": runs, "rows": [row]}
+
+
+def soak(mock: Mock, url: str, pids: list[int], seconds: float, every: float) -> list[tuple]:
+    """Open loop at 100 req/s for `seconds`, RSS sampled every `every` seconds."""
+    mock.set(SLOW)
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not done.wait(every):
+            samples.append((round(time.monotonic() - start), rss_mb(pids)))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    result = load(url, "--rate", "100", "--duration", str(seconds), "--timeout", "60")
+    done.set()
+    t.join()
+    return [*samples, ("result", result)]
+
+
+def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of RSS over time."""
+    xs, ys = [s[0] / 60 for s in samples], [s[1] for s in samples]
+    if len(xs) < 2:
+        return 0.0
+    return statistics.linear_regression(xs, ys).slope
+
+
+# -- report ---------------------------------------------------------------------------------
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--litellm-venv", type=Path, default=None)
+    p.add_argument("--soak", type=float, default=600, help="seconds; 0 to skip")
+    p.add_argument("--only", default="1,2,3,4,5")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--rates", default="100,250,500")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    only = {int(x) for x in args.only.split(",")}
+    scale = args.scale
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    with Stack(OPENAI_API_KEY=KEY) as stack:
+        mock = Mock(stack)
+        router, pids = start_router(stack, mock)
+        targets = {"direct": mock.url + "/v1", "router": router}
+        if args.litellm_venv:
+            targets["litellm"] = start_litellm(stack, args.litellm_venv, mock)
+        mock.set(FAST)
+        load(router, "--requests", "50")
+        rows: list[list[str]] = []
+        memory: dict[str, Any] = {"start": rss_mb(pids)}
+        if 1 in only:
+            results["sequential"] = scenario_sequential(mock, targets, args.reps, int(300 * scale))
+            rows += results["sequential"]["rows"]
+        if 2 in only:
+            results["streaming"] = scenario_streaming(mock, targets, args.reps, int(200 * scale))
+            rows += results["streaming"]["rows"]
+        if 3 in only:
+            rates = [int(r) for r in args.rates.split(",")]
+            results["open"] = scenario_open(mock, targets, args.reps, 30 * scale, rates)
+            rows += results["open"]["rows"]
+            memory["after_open_loop"] = rss_mb(pids)
+        if 4 in only:
+            results["closed"] = scenario_closed(mock, targets, args.reps, int(2000 * scale))
+            rows += results["closed"]["rows"]
+        if 5 in only and args.soak:
+            samples = soak(mock, router, pids, args.soak * scale, max(5.0, args.soak * scale / 20))
+            *points, (_, soak_result) = samples
+            memory["soak"] = {"samples": points, "result": soak_result}
+            memory["soak_slope_mb_per_min"] = round(slope_mb_per_min(points), 2)
+        results["memory"] = memory
+    header = ["scenario", *targets]
+    print(table(header, rows))
+    print()
+    print(memory_lines(memory))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+
+
+def memory_lines(memory: dict[str, Any]) -> str:
+    """RSS of the API (gunicorn master and workers) and the provider worker, in MB."""
+    parts = [f"RSS API+worker: start {memory['start']} MB"]
+    if "after_open_loop" in memory:
+        grow = 100 * (memory["after_open_loop"] / memory["start"] - 1)
+        parts.append(f"after open loop {memory['after_open_loop']} MB ({grow:+.1f}%)")
+    if "soak" in memory:
+        points = memory["soak"]["samples"]
+        ok = memory["soak"]["result"]["success_pct"]
+        first, last = points[0][1], points[-1][1]
+        parts.append(
+            f"soak {points[-1][0]:.0f} s at 100 req/s ({ok}% ok): {first} -> {last} MB, "
+            f"slope {memory['soak_slope_mb_per_min']:+.2f} MB/min"
+        )
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
