@@ -133,7 +133,7 @@ class Router:
         self.engine = make_engine(config["DATABASE_URL"])
         init_db(self.engine, env)
         self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]), self.liveness)
-        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
+        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env), closed_ttl=0.25)
         self.load = LoadView(self.liveness, self.health)
         self.picker = Picker(self.live, self.health, self.load, int(config["QUEUE_LIMIT"]))
 

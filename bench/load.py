@@ -115,7 +115,7 @@ async def open_loop(
     t0: float,
 ) -> list[Result]:
     tasks = []
-    for i in range(int(round(rate * duration))):
+    for i in range(round(rate * duration)):
         target = t0 + i / rate
         delay = target - time.perf_counter()
         if delay > 0:
@@ -174,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     summary = asyncio.run(run(args))
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))

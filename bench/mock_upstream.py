@@ -143,7 +143,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--interval-ms", type=float, default=0.0)
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     mock = Mock(args.latency_ms, args.tokens, args.interval_ms)
     print(f"mock upstream on http://{args.host}:{args.port}/v1", flush=True)

@@ -23,7 +23,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 import psutil
-from stack import BIN, ROOT, Stack, _answers, _wait, free_port
+from stack import ROOT, Stack, _answers, _wait, free_port
 
 LOAD = [sys.executable, str(ROOT / "bench" / "load.py"), "--json"]
 FAST = {"latency_ms": 0, "tokens": 16, "interval_ms": 0}
@@ -45,7 +44,9 @@ class Mock:
     def __init__(self, stack: Stack) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        stack.spawn("mock", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", port])
+        stack.spawn(
+            "mock", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", port]
+        )
         _wait(lambda: _answers(self.url + "/v1/models"), 30, "the mock upstream")
 
     def set(self, knobs: dict[str, float]) -> None:
@@ -59,6 +60,7 @@ def start_litellm(stack: Stack, venv: Path, mock: Mock) -> str:
     params = f"model: openai/mock, api_base: {mock.url}/v1, api_key: {KEY}"
     config.write_text(f"model_list:\n  - model_name: mock\n    litellm_params: {{{params}}}\n")
     env = {"LITELLM_MASTER_KEY": KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env |= {"DATABASE_URL": None, "REDIS_URL": None}  # ours, not LiteLLM's
     args = [str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port)]
     stack.spawn("litellm", [*args, "--host", "127.0.0.1"], env)
     url = f"http://127.0.0.1:{port}"
@@ -174,7 +176,9 @@ def scenario_closed(mock: Mock, targets: dict[str, str], reps: int, n: int) -> d
     runs: dict[str, list[dict]] = {}
     for name, url in targets.items():  # direct answers ~20x faster: give it more requests
         count = n * 10 if name == "direct" else n
-        runs[name] = interleaved({name: url}, reps, "--concurrency", "64", "--requests", str(count), "--warmup", "64")[name]
+        runs[name] = interleaved(
+            {name: url}, reps, "--concurrency", "64", "--requests", str(count), "--warmup", "64"
+        )[name]
     row = ["closed loop, 64 clients: req/s"]
     for name in runs:
         row.append(f"{median(runs[name], 'throughput_rps'):.0f}")

@@ -43,7 +43,8 @@ class Stack:
 
     def spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        full_env = {**self.env, **(env or {})}
+        merged = {**self.env, **(env or {})}
+        full_env = {k: v for k, v in merged.items() if v is not None}  # None: unset it
         proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=log)
         self.procs.append(proc)
         return proc
@@ -70,7 +71,9 @@ class Stack:
         """Start `irouter providers` as the Procfile does (a gevent worker on every provider
         queue whose key is set), wait until it has announced itself; returns its pid."""
         path = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"  # as make run: the venv first
-        proc = self.spawn("providers", [str(BIN / "irouter"), "providers"], {"PATH": path, **(env or {})})
+        proc = self.spawn(
+            "providers", [str(BIN / "irouter"), "providers"], {"PATH": path, **(env or {})}
+        )
         self._announced(proc, "providers")
         return proc.pid
 

@@ -32,7 +32,7 @@ def task_message(job_id: str, attempt: int, queue: str) -> bytes:
     task_id = str(uuid.uuid4())
     body = orjson.dumps([[job_id, attempt], {}, _EMBED])
     argsrepr = f"({job_id!r}, {attempt})"
-    headers = {
+    headers: dict[str, object] = {
         "lang": "py",
         "task": task_name(queue),
         "id": task_id,

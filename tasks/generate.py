@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from celery import signals
+from celery.backends.base import DisabledBackend
 
 from tasks import app
 from tasks.dispatch import enqueue
@@ -61,6 +62,12 @@ def _requeue(job: Requeued) -> None:
 def _on_worker_setup(instance: Any = None, **_: Any) -> None:
     worker = instance
     queues = sorted(worker.app.amqp.queues.consume_from or ["celery"])
+    # Results are never stored (ignore_result), but Celery still builds the disabled result
+    # backend once per thread, i.e. once per task under gevent: give our tasks one for good.
+    disabled = DisabledBackend(worker.app)
+    for name, task in worker.app.tasks.items():
+        if name.startswith(TASK_NAME):
+            task.backend = disabled
     for name in ("httpx", "httpx2"):  # one INFO line per upstream request and health poll
         logging.getLogger(name).setLevel(logging.WARNING)
     # a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH says otherwise)

@@ -12,6 +12,7 @@ and reads `stats` for load-aware choice and the operator view.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +81,15 @@ def _quantile(values: list[float], q: float) -> float | None:
 class BackendHealth:
     """Breaker transitions and outcome stats, each one round trip."""
 
-    def __init__(self, client: redis.Redis, policy: BreakerPolicy) -> None:
+    def __init__(self, client: redis.Redis, policy: BreakerPolicy, closed_ttl: float = 0) -> None:
+        """`closed_ttl`: seconds to trust a backend's closed circuit without asking Redis
+        again (the API: one round trip less per request; a circuit that opens is seen
+        that much later). 0: ask every time."""
         self.redis, self.policy = client, policy
         self._record = client.register_script(lua("outcome"))
         self._allow = client.register_script(lua("allow"))
+        self.closed_ttl = closed_ttl
+        self._closed_until: dict[str, float] = {}
 
     def record(self, backend: str, ok: bool, ttft_ms: float, total_ms: float) -> str:
         """One finished job of `backend`; returns the circuit state after it."""
@@ -105,8 +111,13 @@ class BackendHealth:
 
     def allow(self, backend: str) -> int:
         """1: closed; 2: let through as the half-open probe; 0: open, fail over."""
+        if self._closed_until.get(backend, 0.0) > time.monotonic():
+            return 1
         keys_ = [keys.circuit_key(backend), keys.probe_key(backend)]
-        return int(self._allow(keys=keys_, args=[self.policy.cooldown])[0])
+        verdict = int(self._allow(keys=keys_, args=[self.policy.cooldown])[0])
+        if verdict == 1 and self.closed_ttl:
+            self._closed_until[backend] = time.monotonic() + self.closed_ttl
+        return verdict
 
     def states(self, backends: Iterable[str]) -> dict[str, str]:
         """Circuit state per backend (closed when never recorded)."""

@@ -45,7 +45,9 @@ def test_our_message_is_celerys_own(r) -> None:
     ours = orjson.loads(task_message("job_abc", 2, "openai"))
     theirs = kombu_message(r, "job_abc", 2, "openai")
     assert ids_out(ours) == ids_out(theirs)
-    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    assert (
+        ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    )
 
 
 def test_every_message_has_its_own_task_id(r) -> None:
