@@ -157,7 +157,7 @@ def scenario_open(
     mock.set(SLOW)
     out: dict[str, Any] = {"runs": {}, "rows": []}
     for rate in rates:
-        args = ("--rate", str(rate), "--duration", str(duration), "--timeout", "60")
+        args = ("--rate", str(rate), "--duration", str(duration), "--timeout", "30")
         runs = interleaved(targets, reps, *args)
         out["runs"][rate] = runs
         row = [f"{rate} req/s offered: ok %, req/s, p50/p99 (s)"]
@@ -198,7 +198,7 @@ def soak(mock: Mock, url: str, pids: list[int], seconds: float, every: float) ->
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    result = load(url, "--rate", "100", "--duration", str(seconds), "--timeout", "60")
+    result = load(url, "--rate", "100", "--duration", str(seconds), "--timeout", "30")
     done.set()
     t.join()
     return [*samples, ("result", result)]
@@ -226,6 +226,7 @@ def main() -> None:
     p.add_argument("--only", default="1,2,3,4,5")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--rates", default="100,250,500")
+    p.add_argument("--open-reps", type=int, default=0, help="repetitions of (3); 0: --reps")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",")}
@@ -249,7 +250,8 @@ def main() -> None:
             rows += results["streaming"]["rows"]
         if 3 in only:
             rates = [int(r) for r in args.rates.split(",")]
-            results["open"] = scenario_open(mock, targets, args.reps, 30 * scale, rates)
+            reps = args.open_reps or args.reps
+            results["open"] = scenario_open(mock, targets, reps, 30 * scale, rates)
             rows += results["open"]["rows"]
             memory["after_open_loop"] = rss_mb(pids)
         if 4 in only:

@@ -1,7 +1,8 @@
 """Celery settings, loaded when the app is first configured (not at import of `tasks`).
 
-The safety settings DESIGN.md asks for: late acks, reject on worker lost, prefetch 1,
-visibility timeout above the longest job, time limits. Connection limits sized for
+Late acks, reject on worker lost, prefetch 1 and time limits, as DESIGN.md asks; kombu's
+ack emulation (and with it the visibility timeout) is off, because the job index and the
+reaper redeliver faster (see below and docs/architecture.md). Connection limits sized for
 gevent workers with a thousand jobs in flight (shared/bench/FINDINGS.md: kombu's default
 of 10 fails under load).
 """
@@ -24,13 +25,12 @@ broker_connection_retry_on_startup = True
 broker_transport_options = {
     # kombu's ack emulation keeps every delivery in an "unacked" hash and index (a MULTI
     # on delivery and another on ack: 14% of a worker's CPU in shared/bench/FINDINGS.md)
-    # and restores it only after the visibility timeout. Our own bookkeeping is faster and
+    # and restores it only after a visibility timeout. Our own bookkeeping is faster and
     # already covers each case: a claimed job of a dead worker is requeued by the reaper
     # within ~3 heartbeats; a delivered but unclaimed one stays `queued` in the job index
     # and is published again after ROUTER_REDELIVER_AFTER; claims are idempotent. A warm
     # shutdown still puts reserved messages back (kombu's in-memory QoS does that).
     "ack_emulation": False,
-    "visibility_timeout": _settings.visibility_timeout,
     "max_connections": 2000,
     "socket_keepalive": True,
     "socket_connect_timeout": 2,

@@ -19,7 +19,6 @@ class Settings:
     job_ttl: int = 3600  # seconds a finished job's hash and stream are kept
     request_timeout: float = 600.0  # longest a job may run; Celery time limits follow it
     heartbeat_interval: float = 2.0  # a worker is dead after 3 missed heartbeats
-    visibility_timeout: int = 3600  # broker redelivery; our reaper is much faster
     concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
     task_events: bool = False  # Flower turns them on in the workers while it runs
     redeliver_after: float = 30.0  # a queued job whose message is gone is published again
@@ -37,7 +36,6 @@ class Settings:
             job_ttl=int(env.get("ROUTER_JOB_TTL", cls.job_ttl)),
             request_timeout=float(env.get("ROUTER_REQUEST_TIMEOUT", cls.request_timeout)),
             heartbeat_interval=float(env.get("ROUTER_HEARTBEAT_INTERVAL", cls.heartbeat_interval)),
-            visibility_timeout=int(env.get("ROUTER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
             concurrency=int(conc) if conc else None,
             task_events=env.get("ROUTER_TASK_EVENTS", "0") in ("1", "true", "yes"),
             redeliver_after=float(env.get("ROUTER_REDELIVER_AFTER", cls.redeliver_after)),

@@ -70,6 +70,14 @@ def test_post_then_poll_until_succeeded(http: httpx.Client, openai_client) -> No
     assert done["finished_at"] >= done["started_at"] >= done["created_at"]
 
 
+def test_deliveries_leave_no_kombu_bookkeeping_behind(http: httpx.Client, stack) -> None:
+    """Ack emulation is off: the job index, not kombu's unacked hash, makes delivery safe."""
+    job_id = http.post("/v1/jobs", json=SHORT).json()["id"]
+    poll(http, job_id, {"succeeded"})
+    assert not stack.redis().exists("unacked", "unacked_index")
+    assert stack.redis().zscore("router:queued", job_id) is None  # claimed: out of the index
+
+
 def test_idempotency_key_returns_the_same_job(http: httpx.Client) -> None:
     headers = {"Idempotency-Key": f"key-{time.time()}"}
     first = http.post("/v1/jobs", json=SHORT, headers=headers)

@@ -21,6 +21,17 @@ def test_consecutive_failures_open_then_one_probe_then_close(r) -> None:  # type
     assert h.allow("b") == 1
 
 
+def test_the_api_trusts_a_closed_circuit_only_for_its_ttl(r) -> None:  # type: ignore[no-untyped-def]
+    api, worker = BackendHealth(r, FAST, closed_ttl=0.2), BackendHealth(r, FAST)
+    assert api.allow("b") == 1
+    for _ in range(3):
+        worker.record("b", False, 1, 1)
+    assert api.allow("b") == 1  # seen closed just now: not asked again yet
+    time.sleep(0.25)
+    assert api.allow("b") == 0  # asked again: open
+    assert api.allow("b") == 0  # an open circuit is never cached
+
+
 def test_a_failed_probe_opens_again(r) -> None:  # type: ignore[no-untyped-def]
     h = BackendHealth(r, FAST)
     for _ in range(3):
