@@ -5,7 +5,7 @@ interleaved in one run (A B A B …, rotated each repetition); figures are media
 repetitions, and "added" is the median of same-repetition differences from direct.
 
     .venv/bin/python bench/overhead.py [--reps 3] [--litellm-venv DIR] [--soak 600]
-        [--only 1,2,3,4,5] [--scale 1.0] [--out results.json]
+        [--only 1,2,3,4,5] [--scale 1.0] [--compare GIT-REF] [--out results.json]
 
 Scenarios (issue 7): (1) sequential non-stream, latency 0, 16 tokens, 300 requests;
 (2) sequential stream, TTFT 20 ms, 64 tokens 5 ms apart, 200 requests; (3) open loop,
@@ -13,16 +13,20 @@ latency 1.5 s, 16 tokens, 30 s at 100, 250 and 500 req/s; (4) closed loop, 64 cl
 latency 0; (5) RSS of the API and worker processes at start, after (3), and through a
 soak at 100 req/s. `--scale` shrinks request counts and durations (for a quick look;
 the published figures use 1.0). The mock is registered as model `mock` on the `openai`
-backend (OPENAI_BASE_URL points the provider worker at it).
+backend (OPENAI_BASE_URL points the provider worker at it). `--compare REF` adds a column
+`router@REF`: a second stack running that commit's code (from a git worktree), so a change
+is measured against its parent in the same run, on the same noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -79,6 +83,14 @@ def start_router(stack: Stack, mock: Mock) -> tuple[str, list[int]]:
     return api + "/v1", [worker, stack.procs[-1].pid]
 
 
+def start_worktree(ref: str) -> Path:
+    """A detached git worktree of `ref` in a temp directory."""
+    tree = Path(tempfile.mkdtemp(prefix="irouter-ref-")) / "tree"
+    git = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref]
+    subprocess.run(git, check=True, capture_output=True)
+    return tree
+
+
 def rss_mb(pids: list[int]) -> float:
     """Resident memory of these processes and all their children, in MB."""
     total = 0
@@ -97,13 +109,16 @@ def load(url: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def interleaved(targets: dict[str, str], reps: int, *args: str) -> dict[str, list[dict]]:
-    """Each target once per repetition, the order rotated, so drift hits all alike."""
+def interleaved(
+    targets: dict[str, str], reps: int, *args: str, more: dict[str, list[str]] | None = None
+) -> dict[str, list[dict]]:
+    """Each target once per repetition, the order rotated, so drift hits all alike;
+    `more`: extra load arguments for some targets."""
     names = list(targets)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(reps):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            runs[name].append(load(targets[name], *args))
+            runs[name].append(load(targets[name], *args, *(more or {}).get(name, [])))
     return runs
 
 
@@ -173,12 +188,9 @@ def scenario_open(
 
 def scenario_closed(mock: Mock, targets: dict[str, str], reps: int, n: int) -> dict:
     mock.set(FAST)
-    runs: dict[str, list[dict]] = {}
-    for name, url in targets.items():  # direct answers ~20x faster: give it more requests
-        count = n * 10 if name == "direct" else n
-        runs[name] = interleaved(
-            {name: url}, reps, "--concurrency", "64", "--requests", str(count), "--warmup", "64"
-        )[name]
+    counts = {name: str(n * 10 if name == "direct" else n) for name in targets}
+    more = {name: ["--requests", count] for name, count in counts.items()}  # direct: ~20x faster
+    runs = interleaved(targets, reps, "--concurrency", "64", "--warmup", "64", more=more)
     row = ["closed loop, 64 clients: req/s"]
     for name in runs:
         row.append(f"{median(runs[name], 'throughput_rps'):.0f}")
@@ -228,14 +240,25 @@ def main() -> None:
     p.add_argument("--rates", default="100,250,500")
     p.add_argument("--open-reps", type=int, default=0, help="repetitions of (3); 0: --reps")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--compare", default=None, help="a git ref to run beside this checkout")
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",")}
     scale = args.scale
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    with Stack(OPENAI_API_KEY=KEY) as stack:
+    with contextlib.ExitStack() as stacks:
+        stack = stacks.enter_context(Stack(OPENAI_API_KEY=KEY))
         mock = Mock(stack)
         router, pids = start_router(stack, mock)
         targets = {"direct": mock.url + "/v1", "router": router}
+        if args.compare:
+            tree = start_worktree(args.compare)
+            stacks.callback(
+                subprocess.run,
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+            )
+            other = stacks.enter_context(Stack(root=tree, OPENAI_API_KEY=KEY))
+            targets[f"router@{args.compare}"] = start_router(other, mock)[0]
         if args.litellm_venv:
             targets["litellm"] = start_litellm(stack, args.litellm_venv, mock)
         mock.set(FAST)

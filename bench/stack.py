@@ -28,7 +28,10 @@ def free_port() -> int:
 class Stack:
     """A throwaway stack; use as a context manager."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, root: Path = ROOT, **env: str) -> None:
+        """`root`: the checkout whose code the processes run (another commit's worktree
+        to compare with this one); the venv is this one's."""
+        self.root = root
         self.tmp = Path(tempfile.mkdtemp(prefix="irouter-bench-"))
         self.redis_url = f"redis://127.0.0.1:{free_port()}/0"
         self.api_url = ""
@@ -37,6 +40,7 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": f"sqlite:///{self.tmp / 'router.db'}",
             "PYTHONUNBUFFERED": "1",
+            **({"PYTHONPATH": str(root)} if root != ROOT else {}),
             **env,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -45,7 +49,7 @@ class Stack:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         merged = {**self.env, **(env or {})}
         full_env = {k: v for k, v in merged.items() if v is not None}  # None: unset it
-        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=log)
+        proc = subprocess.Popen(args, cwd=self.root, env=full_env, stdout=log, stderr=log)
         self.procs.append(proc)
         return proc
 

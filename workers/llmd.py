@@ -145,7 +145,7 @@ class LlmdBackend(OpenAICompatBackend):
         }
 
     def close(self) -> None:
-        """Stop discovery and close the SDK clients."""
+        """Stop discovery and close the HTTP clients."""
         if self.poller:
             self.poller.stop()
         super().close()

@@ -1,41 +1,41 @@
 """The OpenAI-compatible backend: OpenAI, OpenRouter, xAI (grok), Venice and any operator-added
-backend of kind `openai-compatible`, called through the official `openai` SDK.
+backend of kind `openai-compatible`, spoken to over OpenAI's documented wire format.
 
-    job -> build_request() -> chat.completions.create(stream=True, include_usage)
+    job -> build_request() -> POST /chat/completions (stream, include_usage)
         -> relay(): text / tool-call fragments / logprobs as Chunk, then one Done
 
-Every SDK exception becomes a RouterError in one place, `upstream_error()`; the retry loop
-of `workers.upstream` may retry a request only until its first chunk has been yielded.
+The call is made by `workers.openai_http` (pooled urllib3, orjson) rather than the
+`openai` SDK, whose per-request machinery cost more CPU than all the rest of a provider
+worker (issue 7). Every upstream failure becomes a RouterError in one place,
+`upstream_error()`; the retry loop of `workers.upstream` may retry a request only until
+its first chunk has been yielded.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from openai import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    APITimeoutError,
-    OpenAI,
-    OpenAIError,
-    Stream,
-    Timeout,
-)
-from openai.resources.chat.completions import Completions
-
 from workers.errors import GatewayTimeoutError, InvalidRequestError, RouterError, UpstreamError
+from workers.openai_http import (
+    ChatClient,
+    Timeouts,
+    UpstreamBroken,
+    UpstreamFailure,
+    UpstreamStatus,
+    UpstreamStreamError,
+    UpstreamTimeout,
+)
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, endpoint, provider_table
 from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
 
 log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # as the SDK, when no base URL is set
 
 #: Request fields the backend sets itself from the job; a copy left in `job.extra` is ignored.
 OWN_FIELDS = frozenset(
@@ -54,15 +54,6 @@ OWN_FIELDS = frozenset(
         "frequency_penalty",
     }
 )
-
-#: Keyword arguments `chat.completions.create` takes; other fields travel in `extra_body`.
-SDK_PARAMS = frozenset(inspect.signature(Completions.create).parameters) - {
-    "self",
-    "extra_headers",
-    "extra_query",
-    "extra_body",
-    "timeout",
-}
 
 #: Fields whose answer our token stream cannot carry: field -> (is it asking for it?, why).
 UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -121,8 +112,8 @@ def max_tokens_field(backend: str) -> str:
 
 
 def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]:
-    """`chat.completions.create` kwargs for `job`: always streaming with usage; the client's
-    other fields pass through (those the SDK does not name inside `extra_body`)."""
+    """The JSON body for `job`: always streaming with usage; the client's other fields pass
+    through as they came (tools, response_format, logprobs, a provider's own options)."""
     s = job.sampling
     sampling = {
         "temperature": s.temperature,
@@ -135,45 +126,41 @@ def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]
     }
     fields = {k: v for k, v in job.extra.items() if k not in OWN_FIELDS and v is not None}
     fields.update({k: v for k, v in sampling.items() if v is not None})
-    request: dict[str, Any] = {k: v for k, v in fields.items() if k in SDK_PARAMS}
-    unknown = {k: v for k, v in fields.items() if k not in SDK_PARAMS}
-    if unknown:
-        request["extra_body"] = unknown
-    request.update(
-        model=job.upstream_model,
-        messages=job.messages,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    return request
+    return {
+        "model": job.upstream_model,
+        "messages": job.messages,
+        **fields,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 # -- errors ----------------------------------------------------------------------------
-def _detail(exc: APIError, ep: Endpoint) -> str:
+def _detail(exc: UpstreamStatus | UpstreamStreamError, ep: Endpoint) -> str:
     """The upstream's own message (from its error body when it has one), scrubbed."""
-    body = exc.body
+    body = exc.error
     message = body.get("message") if isinstance(body, Mapping) else body
     text = message if isinstance(message, str) and message else exc.message
     return scrub(text.strip()[:DETAIL_LIMIT], ep.secrets())
 
 
-def _code(code: str | None) -> str | None:
+def _code(code: object) -> str | None:
     """The upstream's error code, unless it is just the HTTP status again (vLLM, OpenRouter)."""
-    return None if code is None or code.isdigit() else code
+    return None if code is None or str(code).isdigit() else str(code)
 
 
-def _from_status(exc: APIStatusError, ep: Endpoint, midstream: bool) -> RouterError:
-    status = exc.status_code
+def _from_status(exc: UpstreamStatus, ep: Endpoint) -> RouterError:
+    status = exc.status
     return status_error(
         status,
         f"`{ep.backend}` upstream answered HTTP {status}: {_detail(exc, ep)}",
-        code=_code(exc.code),
-        param=exc.param,
-        retry_after=retry_after_seconds(exc.response.headers),
+        code=_code(exc.field("code")),
+        param=exc.field("param"),
+        retry_after=retry_after_seconds(exc.headers),
     )
 
 
-def _from_timeout(exc: APITimeoutError, ep: Endpoint, midstream: bool) -> RouterError:
+def _from_timeout(ep: Endpoint, midstream: bool) -> RouterError:
     what = "stopped sending mid-stream" if midstream else "did not answer in time"
     return GatewayTimeoutError(
         f"`{ep.backend}` upstream {what} (connect timeout {ep.connect_timeout:g}s, "
@@ -181,8 +168,8 @@ def _from_timeout(exc: APITimeoutError, ep: Endpoint, midstream: bool) -> Router
     )
 
 
-def _from_connection(exc: APIConnectionError, ep: Endpoint, midstream: bool) -> RouterError:
-    cause = scrub(str(exc.__cause__ or exc.message), ep.secrets())[:DETAIL_LIMIT]
+def _from_broken(exc: UpstreamBroken, ep: Endpoint, midstream: bool) -> RouterError:
+    cause = scrub(str(exc), ep.secrets())[:DETAIL_LIMIT]
     if midstream:
         return UpstreamError(
             f"`{ep.backend}` upstream broke off the stream before it finished: {cause}",
@@ -193,45 +180,37 @@ def _from_connection(exc: APIConnectionError, ep: Endpoint, midstream: bool) -> 
     )
 
 
-def _from_stream_error(exc: APIError, ep: Endpoint, midstream: bool) -> RouterError:
+def _from_stream_error(exc: UpstreamStreamError, ep: Endpoint) -> RouterError:
     """An error payload inside a 200 stream: status from its numeric code or its type."""
-    body = exc.body if isinstance(exc.body, Mapping) else {}
+    body = exc.error
     raw = body.get("code")
     if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
         status = int(raw)
     else:
         status = STREAM_ERROR_STATUS.get(str(body.get("type")), 0)
         status = status or STREAM_ERROR_STATUS.get(str(raw), 502)
+    param = body.get("param")
     return status_error(
         status,
         f"`{ep.backend}` upstream reported an error in its stream: {_detail(exc, ep)}",
-        code=_code(exc.code),
-        param=exc.param,
+        code=_code(raw),
+        param=str(param) if param is not None else None,
     )
 
 
-def _from_other(exc: OpenAIError, ep: Endpoint, midstream: bool) -> RouterError:
+def upstream_error(exc: UpstreamFailure, ep: Endpoint, *, midstream: bool = False) -> RouterError:
+    """The RouterError for a failed upstream call. `midstream`: the upstream had started
+    answering. Messages are scrubbed of keys."""
+    if isinstance(exc, UpstreamStatus):
+        return _from_status(exc, ep)
+    if isinstance(exc, UpstreamTimeout):
+        return _from_timeout(ep, midstream)
+    if isinstance(exc, UpstreamStreamError):
+        return _from_stream_error(exc, ep)
+    if isinstance(exc, UpstreamBroken):
+        return _from_broken(exc, ep, midstream)
     text = scrub(str(exc), ep.secrets())[:DETAIL_LIMIT]
     return UpstreamError(f"`{ep.backend}` upstream call failed: {text}")
-
-
-_TRANSLATORS: dict[type[OpenAIError], Callable[[Any, Endpoint, bool], RouterError]] = {
-    APIStatusError: _from_status,
-    APITimeoutError: _from_timeout,
-    APIConnectionError: _from_connection,
-    APIError: _from_stream_error,
-    OpenAIError: _from_other,
-}
-
-
-def upstream_error(exc: OpenAIError, ep: Endpoint, *, midstream: bool = False) -> RouterError:
-    """The RouterError for an openai SDK exception (the most specific class in the table
-    wins). `midstream`: the upstream had started answering. Messages are scrubbed of keys."""
-    for cls in type(exc).__mro__:
-        translate = _TRANSLATORS.get(cls)
-        if translate is not None:
-            return translate(exc, ep, midstream)
-    return _from_other(exc, ep, midstream)  # unreachable: OpenAIError is in the table
 
 
 # -- the stream ------------------------------------------------------------------------
@@ -301,37 +280,9 @@ def chunk_of(choice: dict[str, Any], state: StreamState) -> Chunk:
     return Chunk(delta=text, tool_calls=calls or None, logprobs=entries or None)
 
 
-def stream_error(body: Any, stream: Stream[Any]) -> APIError:
-    """The SDK's own exception for an error payload inside a 200 stream."""
-    error = body["error"] if body.get("error") else body
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str) or not message:
-        message = "An error occurred during streaming"
-    return APIError(message, stream.response.request, body=error)
-
-
-def events(stream: Stream[Any]) -> Iterator[dict[str, Any]]:
-    """The stream's JSON payloads as plain dicts, up to `[DONE]`.
-
-    We read the SDK's server-sent events ourselves rather than iterate its Stream, which
-    builds a pydantic model of every chunk: that was half of a provider worker's CPU per
-    request (bench/overhead.py). Transport errors are wrapped by the SDK as before
-    (APITimeoutError, APIConnectionError); error payloads raise its APIError, as it would.
-    """
-    for sse in stream._iter_events():
-        if sse.data.startswith("[DONE]"):
-            return
-        body = orjson.loads(sse.data)
-        if not isinstance(body, dict):
-            continue
-        if body.get("error") or body.get("object") == "error":  # also older vLLM's flat error
-            raise stream_error(body, stream)
-        yield body
-
-
-def relay(stream: Stream[Any], state: StreamState) -> Iterator[Chunk]:
+def relay(events: Iterable[dict[str, Any]], state: StreamState) -> Iterator[Chunk]:
     """Non-empty Chunks of the upstream's first choice; finish and usage kept in `state`."""
-    for event in events(stream):
+    for event in events:
         for choice in event.get("choices") or ():
             if choice.get("index", 0):
                 continue
@@ -349,7 +300,7 @@ def relay(stream: Stream[Any], state: StreamState) -> Iterator[Chunk]:
 
 class OpenAICompatBackend:
     """Streams chat jobs to OpenAI-compatible upstreams; one instance per worker process,
-    shared by every task thread, with one SDK client per (base URL, key, headers)."""
+    shared by every task thread, with one HTTP client per (base URL, key, headers)."""
 
     key_required = True  # llm-d: a key is optional
     placeholder_key = ""  # sent when a backend needs no key (the SDK insists on one)
@@ -357,7 +308,7 @@ class OpenAICompatBackend:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
         self.policy = RetryPolicy.from_env(env)
-        self._clients: dict[tuple[Any, ...], OpenAI] = {}
+        self._clients: dict[tuple[Any, ...], ChatClient] = {}
         self._lock = threading.Lock()
         self._no_usage: set[str] = set()  # backends already logged for sending no usage
 
@@ -378,18 +329,18 @@ class OpenAICompatBackend:
             what=job.backend,
         )
 
-    def client(self, ep: Endpoint, headers: Mapping[str, str]) -> OpenAI:
-        """The cached SDK client for this endpoint and these static headers."""
+    def client(self, ep: Endpoint, headers: Mapping[str, str]) -> ChatClient:
+        """The cached client (its own connection pool) for this endpoint and these static
+        headers. It never retries: `retrying` decides, once for every backend."""
         key = (ep.base_url, ep.key, tuple(sorted(headers.items())), ep.timeout, ep.connect_timeout)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = OpenAI(
-                    base_url=ep.base_url,
-                    api_key=ep.key or self.placeholder_key,
-                    default_headers=dict(headers),
-                    max_retries=0,  # `retrying` decides, once for every backend
-                    timeout=Timeout(ep.timeout, connect=ep.connect_timeout),
+                client = self._clients[key] = ChatClient(
+                    ep.base_url or OPENAI_BASE_URL,
+                    ep.key or self.placeholder_key,
+                    headers,
+                    Timeouts(read=ep.timeout, connect=ep.connect_timeout),
                 )
             return client
 
@@ -403,14 +354,14 @@ class OpenAICompatBackend:
         static = {k: v for k, v in ep.headers.items() if k not in per_job}
         client = self.client(ep, static)
         try:
-            stream = client.chat.completions.create(**request, extra_headers=per_job or None)
-        except OpenAIError as exc:
-            # `from None`: the SDK's own message may quote the key; only the scrubbed one goes on
+            stream = client.stream(request, per_job)
+        except UpstreamFailure as exc:
+            # `from None`: the raw failure may quote the key; only the scrubbed one goes on
             raise upstream_error(exc, ep) from None
         state = StreamState(job.backend)
         try:
-            yield from relay(stream, state)
-        except OpenAIError as exc:
+            yield from relay(stream.events(), state)
+        except UpstreamFailure as exc:
             raise upstream_error(exc, ep, midstream=True) from None
         finally:
             stream.close()  # at once, also when the consumer stops early
@@ -436,7 +387,7 @@ class OpenAICompatBackend:
         return Done(state.finish, state.usage or Usage(0, 0))
 
     def close(self) -> None:
-        """Close every cached SDK client (their connection pools)."""
+        """Close every cached client (their connection pools)."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
