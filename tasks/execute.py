@@ -101,7 +101,7 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
         writer.fail(WORKER_ERROR)
     finally:
         rt.active.pop(job_id, None)
-    _record(rt, claim.job.backend, ok, started, writer.first_token_at)
+    _record(rt, job_id, claim.job.backend, ok, started, writer.first_token_at)
 
 
 def _claim(rt: WorkerRuntime, job_id: str, attempt: int) -> Any:
@@ -126,20 +126,29 @@ def backend_failure(exc: RouterError) -> bool:
 
 
 def _record(
-    rt: WorkerRuntime, backend: str, ok: bool | None, started: float, first: float | None
+    rt: WorkerRuntime,
+    job_id: str,
+    backend: str,
+    ok: bool | None,
+    started: float,
+    first: float | None,
 ) -> None:
-    """Feed the backend's breaker and latency record; a cancelled job (None) says nothing."""
+    """Feed the backend's breaker and latency record, in the publisher's next pipeline (no
+    round trip of its own, nothing waits); a cancelled job (None) says nothing."""
     if ok is None:
         return
     now = time.monotonic()
-    ttft = ((first or now) - started) * 1000
-    try:
-        state = rt.health.record(backend, ok, ttft, (now - started) * 1000)
-    except redis.RedisError as exc:
-        log.warning("backend %s: outcome not recorded (%s)", backend, exc)
-        return
-    if state == "open" and not ok:
-        log.warning("backend %s: circuit open", backend)
+    ttft, total = ((first or now) - started) * 1000, (now - started) * 1000
+
+    def recorded(state: object) -> None:
+        if isinstance(state, Exception):
+            log.warning("backend %s: outcome not recorded (%s)", backend, state)
+        elif state == "open" and not ok:
+            log.warning("backend %s: circuit open", backend)
+
+    rt.publisher.call(
+        job_id, lambda pipe: rt.health.record(backend, ok, ttft, total, pipe), recorded
+    )
 
 
 def _stream(rt: WorkerRuntime, job: ChatJob, writer: JobWriter) -> bool | None:

@@ -91,8 +91,11 @@ class BackendHealth:
         self.closed_ttl = closed_ttl
         self._closed_until: dict[str, float] = {}
 
-    def record(self, backend: str, ok: bool, ttft_ms: float, total_ms: float) -> str:
-        """One finished job of `backend`; returns the circuit state after it."""
+    def record(
+        self, backend: str, ok: bool, ttft_ms: float, total_ms: float, pipe: Any = None
+    ) -> str:
+        """One finished job of `backend`; returns the circuit state after it (or, given a
+        pipeline `pipe`, adds the call to it: the state is then that call's reply)."""
         p = self.policy
         state = self._record(
             keys=[keys.circuit_key(backend), keys.outcomes_key(backend)],
@@ -106,6 +109,7 @@ class BackendHealth:
                 p.min_requests,
                 p.keep,
             ],
+            client=pipe,
         )
         return str(state)
 

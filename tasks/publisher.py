@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class _Op:
     fields: dict[str, str] | None = None
     expire: int = 0  # set the stream's TTL along with this event (first token)
     finish: tuple[list[str], list[str]] | None = None  # (keys, args) of finish.lua
+    call: Callable[[Any], object] | None = None  # adds other commands to the pipeline
+    on_result: Callable[[object], None] | None = None  # told the call's reply (or error)
     done: threading.Event | None = None
     result: int = field(default=0)
 
@@ -61,6 +64,13 @@ class EventPublisher:
             log.error("job %s: terminal event not written within %.0fs", job_id, timeout)
             return False
         return op.result == 1
+
+    def call(
+        self, job_id: str, add: Callable[[Any], object], on_result: Callable[[object], None]
+    ) -> None:
+        """Queue other writes of a job to ride in the next pipeline (`add(pipe)` adds them);
+        `on_result` gets the reply or the error. Nothing waits for it."""
+        self._put(_Op(job_id, call=add, on_result=on_result))
 
     def should_stop(self, job_id: str) -> bool:
         """True once the job was cancelled or taken over by a later attempt."""
@@ -111,12 +121,14 @@ class EventPublisher:
             if op.finish:
                 k, a = op.finish
                 pipe.evalsha(self._finish_sha, len(k), *k, *a)
+            elif op.call:
+                op.call(pipe)
             else:
                 fields: Any = op.fields or {}
                 pipe.xadd(keys.events_key(op.job_id), fields, id=op.stream_id)
                 if op.expire:
                     pipe.expire(keys.events_key(op.job_id), op.expire)
-        polled = sorted({op.job_id for op in batch if not op.finish})
+        polled = sorted({op.job_id for op in batch if op.fields is not None})
         for job_id in polled:
             pipe.hget(keys.job_key(job_id), "cancel")
         results = pipe.execute(raise_on_error=False)
@@ -127,6 +139,10 @@ class EventPublisher:
                 self._stop_flags.add(job_id)
 
     def _settle(self, op: _Op, result: object, retrying: bool) -> None:
+        if op.call:
+            if op.on_result:
+                op.on_result(result)
+            return
         if isinstance(result, redis.exceptions.NoScriptError) and op.finish:
             # Redis lost its scripts (a restart): load the script again, write this one alone
             self._finish_sha = self.redis.script_load(lua("finish"))
