@@ -197,8 +197,10 @@ def scenario_closed(mock: Mock, targets: dict[str, str], reps: int, n: int) -> d
     return {"runs": runs, "rows": [row]}
 
 
-def soak(mock: Mock, url: str, pids: list[int], seconds: float, every: float) -> list[tuple]:
-    """Open loop at 100 req/s for `seconds`, RSS sampled every `every` seconds."""
+def soak(
+    mock: Mock, url: str, pids: list[int], seconds: float, every: float
+) -> tuple[list[tuple[float, float]], dict[str, Any]]:
+    """Open loop at 100 req/s for `seconds`; (RSS samples (s, MB) every `every` s, summary)."""
     mock.set(SLOW)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
@@ -213,7 +215,7 @@ def soak(mock: Mock, url: str, pids: list[int], seconds: float, every: float) ->
     result = load(url, "--rate", "100", "--duration", str(seconds), "--timeout", "30")
     done.set()
     t.join()
-    return [*samples, ("result", result)]
+    return samples, result
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
@@ -281,8 +283,8 @@ def main() -> None:
             results["closed"] = scenario_closed(mock, targets, args.reps, int(2000 * scale))
             rows += results["closed"]["rows"]
         if 5 in only and args.soak:
-            samples = soak(mock, router, pids, args.soak * scale, max(5.0, args.soak * scale / 20))
-            *points, (_, soak_result) = samples
+            every = max(5.0, args.soak * scale / 20)
+            points, soak_result = soak(mock, router, pids, args.soak * scale, every)
             memory["soak"] = {"samples": points, "result": soak_result}
             memory["soak_slope_mb_per_min"] = round(slope_mb_per_min(points), 2)
         results["memory"] = memory
