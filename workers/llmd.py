@@ -3,8 +3,9 @@ spoken to like any OpenAI-compatible upstream, plus discovery of what it serves.
 
 A daemon thread polls `<base without /v1>/health` and `<base>/models` every
 LLMD_POLL_INTERVAL seconds and keeps the last answer; `announce()` (the worker heartbeat)
-only reads it. The key (LLMD_API_KEY) is optional; forwarded request headers (routing
-hints) and LLMD_HEADERS go with every request.
+only reads it. The polls are two small GETs through urllib3, pooled and proxied as the chat
+client's requests are (workers/openai_http.py). The key (LLMD_API_KEY) is optional;
+forwarded request headers (routing hints) and LLMD_HEADERS go with every request.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import urllib3
+from urllib3.exceptions import HTTPError
 
 from workers.openai_compat import OpenAICompatBackend
+from workers.openai_http import USER_AGENT, _pool_for
 from workers.providers import Endpoint, backend_endpoint, env_prefix
 from workers.upstream import scrub
 
@@ -65,24 +68,36 @@ class Poller(threading.Thread):
         assert ep.base_url is not None
         self.base_url, self.interval, self.secrets = ep.base_url, interval, ep.secrets()
         auth = {"Authorization": f"Bearer {ep.key}"} if ep.key else {}
-        self.http = httpx.Client(
-            headers={**ep.headers, **auth}, timeout=httpx.Timeout(POLL_TIMEOUT)
-        )
+        self.headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        self.headers.update({**ep.headers, **auth})
+        self.timeout = urllib3.Timeout(connect=POLL_TIMEOUT, read=POLL_TIMEOUT)
+        # made by the first poll, so that a malformed URL is a reason it reports, not a
+        # crash of the worker at start-up
+        self.http: urllib3.PoolManager | None = None
         self.last = Discovery()
         self._stopped = threading.Event()
+
+    def get(self, url: str) -> urllib3.BaseHTTPResponse:
+        """One GET, read whole; no retries or redirects (the next poll is the retry)."""
+        if self.http is None:
+            self.http = _pool_for(url)
+        return self.http.request(
+            "GET", url, headers=self.headers, timeout=self.timeout, retries=False, redirect=False
+        )
 
     def poll(self) -> Discovery:
         """One round: health (a 404 is no verdict: gateways may not serve it), then models."""
         try:
-            health = self.http.get(health_url(self.base_url))
-            if health.status_code != 404 and health.status_code >= 300:
-                return Discovery(reason=f"health check answered HTTP {health.status_code}")
-            listing = self.http.get(self.base_url.rstrip("/") + "/models")
-            if listing.status_code != 200:
-                return Discovery(reason=f"model list answered HTTP {listing.status_code}")
-            return Discovery(True, parse_models(listing.json()))
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            health = self.get(health_url(self.base_url))
+            if health.status != 404 and health.status >= 300:
+                return Discovery(reason=f"health check answered HTTP {health.status}")
+            listing = self.get(self.base_url.rstrip("/") + "/models")
+        except (HTTPError, ValueError) as exc:  # refused, timed out, cut; a malformed URL
             return Discovery(reason=f"unreachable: {type(exc).__name__}: {exc}")
+        if listing.status != 200:
+            return Discovery(reason=f"model list answered HTTP {listing.status}")
+        try:
+            return Discovery(True, parse_models(json.loads(listing.data)))
         except ValueError as exc:  # JSONDecodeError included
             return Discovery(reason=f"bad model list: {exc}")
 
@@ -95,7 +110,8 @@ class Poller(threading.Thread):
             self._note(found)
             self.last = found  # one reference swap: readers never see a half-made result
             self._stopped.wait(self.interval)
-        self.http.close()
+        if self.http is not None:
+            self.http.clear()
 
     def _note(self, found: Discovery) -> None:
         """Log state changes only: a down gateway polled every few seconds stays quiet."""
