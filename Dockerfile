@@ -56,6 +56,6 @@ EXPOSE 8000 5555
 #   providers  celery -A tasks worker -Q openai,anthropic,google,openrouter,grok,venice -P gevent
 #   llm-d      celery -A tasks worker -Q llm-d -P gevent
 #   local CPU  celery -A tasks worker -Q local-mps            (LOCAL_DEVICE=cpu)
-#   flower     celery -A tasks flower --address=0.0.0.0 --port=5555   (FLOWER_BASIC_AUTH set)
+#   flower     irouter flower --address=0.0.0.0 --port=5555          (FLOWER_BASIC_AUTH set)
 # The API as in the Procfile: Prometheus multiprocess mode, its directory emptied at start.
 CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=/tmp/metrics && rm -rf /tmp/metrics && mkdir -p /tmp/metrics && exec gunicorn -k gevent -w 2 --worker-connections 2000 -b 0.0.0.0:8000 --graceful-timeout 10 'api:create_app()'"]

@@ -179,13 +179,29 @@ def _redis_errors(url: str) -> Iterator[None]:
     default=lambda: int(os.environ.get("FLOWER_PORT", "5555")),
     show_default="FLOWER_PORT or 5555",
 )
-def flower(address: str, port: int) -> None:
-    """Run Flower on loopback; on any other address only with FLOWER_BASIC_AUTH set."""
-    loopback = address in ("127.0.0.1", "localhost", "::1")
+@click.option(
+    "--events-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=lambda: float(os.environ.get("FLOWER_EVENTS_IDLE", "60")),
+    show_default="FLOWER_EVENTS_IDLE or 60",
+    help="Seconds without a request to Flower before workers stop sending task events.",
+)
+@click.option(
+    "--published-on-loopback",
+    is_flag=True,
+    help="In a container that binds 0.0.0.0 but whose port the host publishes on loopback "
+    "only: allow running without FLOWER_BASIC_AUTH.",
+)
+def flower(address: str, port: int, events_idle: float, published_on_loopback: bool) -> None:
+    """Run Flower on loopback; on any other address only with FLOWER_BASIC_AUTH set.
+
+    Workers send task events only while someone watches Flower (see tasks/flower.py)."""
+    loopback = address in ("127.0.0.1", "localhost", "::1") or published_on_loopback
     if not loopback and not os.environ.get("FLOWER_BASIC_AUTH"):
         raise CliError(
             f"Flower on {address} would be open to the network: set FLOWER_BASIC_AUTH="
             "user:password (Flower reads it), or keep FLOWER_ADDRESS=127.0.0.1"
         )
-    args = ["celery", "-A", "tasks", "flower", f"--address={address}", f"--port={port}"]
-    os.execvp(args[0], args)
+    from tasks.flower import run_flower
+
+    run_flower(address, port, events_idle)

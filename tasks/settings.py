@@ -20,7 +20,7 @@ class Settings:
     request_timeout: float = 600.0  # longest a job may run; Celery time limits follow it
     heartbeat_interval: float = 2.0  # a worker is dead after 3 missed heartbeats
     concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
-    task_events: bool = False  # Flower turns them on in the workers while it runs
+    task_events: bool = False  # `irouter flower` turns them on while someone watches it
     redeliver_after: float = 30.0  # a queued job whose message is gone is published again
 
     @property

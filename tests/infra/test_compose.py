@@ -130,7 +130,8 @@ def test_flower_is_on_loopback_unless_given_basic_auth(compose: dict[str, Any]) 
         "exposed, auth": ({"PUBLISHED_ON": "0.0.0.0", "FLOWER_BASIC_AUTH": "a:b"}, 0),
     }
     for what, (env, code) in runs.items():
-        cmd = script.replace("exec celery -A tasks flower --address=0.0.0.0 --port=5555", stub)
+        start = "exec irouter flower --address=0.0.0.0 --port=5555 --published-on-loopback"
+        cmd = script.replace(start, stub)
         env = {**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         done = subprocess.run([sh, "-c", cmd], env=env, capture_output=True, text=True)
         assert done.returncode == code, (what, done.stdout, done.stderr)
