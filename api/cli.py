@@ -72,13 +72,18 @@ def agents(as_json: bool) -> None:
     head = f"{'WORKER':32} {'QUEUES':16} {'MODELS':16} {'DEVICE':7} {'DTYPE':8} {'LOAD':>5}"
     click.echo(f"{head}  STATE")
     for w in workers:
+        failed: dict[str, str] = orjson.loads(w.get("failed") or "{}")
         state = "alive" if float(w["alive_until"]) > now else "dead"
+        if failed and state == "alive":
+            state = "FAILED at start"
         load = (
             f"{w.get('load', w.get('active', '0'))}/{w.get('capacity', w.get('concurrency', '?'))}"
         )
-        row = f"{w['id']:32} {w.get('queues', ''):16} {w.get('models', '') or '-':16} "
+        row = f"{w['id']:32} {w.get('queues', '') or '-':16} {w.get('models', '') or '-':16} "
         row += f"{w.get('device', '-'):7} {w.get('dtype', '-'):8} {load:>5}"
         click.echo(f"{row}  {state}")
+        for queue, why in failed.items():
+            click.echo(f"    {queue}: {why}")
 
 
 def enabled_provider_queues(env: Mapping[str, str]) -> list[str]:

@@ -31,6 +31,12 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         # a job still queued after this many seconds moves to another usable deployment or
         # fallback model, if there is one (0: never)
         "QUEUE_WAIT": 20.0,
+        # a synchronous request whose job would wait longer than this before a worker
+        # starts it is refused at once (503, Retry-After) instead of queued (0: never)
+        "QUEUE_TIMEOUT": 30.0,
+        # this API process beats this often in Redis; the synchronous jobs it holds are
+        # dropped by workers within three beats of its death
+        "HEARTBEAT_INTERVAL": 2.0,
         "LOG_JSON": False,  # one JSON object per log line, with request and job ids
         "LOG_LEVEL": "INFO",
         "REQUEST_LOG": True,  # write each completion to the registry's request log

@@ -12,7 +12,9 @@ from typing import Any
 import orjson
 from flask import current_app
 
-from api.routing import ANNOUNCING_KINDS, LoadView, Picker
+from api.load import LoadView
+from api.presence import Presence
+from api.routing import ANNOUNCING_KINDS, Picker
 from registry.db import init_db, make_engine
 from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
 from tasks.connections import redis_client
@@ -134,8 +136,9 @@ class Router:
         init_db(self.engine, env)
         self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]), self.liveness)
         self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env), closed_ttl=0.25)
-        self.load = LoadView(self.liveness, self.health)
+        self.load = LoadView(self.liveness, self.health, self.jobs)
         self.picker = Picker(self.live, self.health, self.load, int(config["QUEUE_LIMIT"]))
+        self.presence = Presence(self.liveness, float(config["HEARTBEAT_INTERVAL"]))
 
 
 def router() -> Router:

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from flask import Response, current_app, request
 
+from api.client import Client, patience, watch_client
 from api.serving import ChatService, Submitted
 from workers.errors import InvalidRequestError
 
@@ -40,3 +41,11 @@ def route_headers(sub: Submitted) -> dict[str, str]:
         "x-router-model": sub.route.id,
         "x-router-job-id": sub.job_id,
     }
+
+
+def request_client(service: ChatService, watch: bool = True) -> Client:
+    """The client of this synchronous request: owned by this API process, with the patience
+    its headers state, and (`watch`) its job cancelled the moment it hangs up."""
+    owner = service.router.presence.id()
+    watcher = watch_client(request.environ, service.router.jobs.cancel) if watch else None
+    return Client(owner, patience(request.headers), watcher)

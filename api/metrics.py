@@ -9,7 +9,7 @@ Redis says about queues, workers and circuits.
     router_fallbacks_total{model,fallback}             counter  answered by another model
     router_http_requests_total{method,endpoint,status} counter  every HTTP response
     router_request_log_dropped_total                   counter  log entries dropped (queue full)
-    router_queue_depth{queue}                          gauge    LLEN of the Celery queue
+    router_queue_depth{queue}                          gauge    jobs accepted, not yet started
     router_live_workers{queue}                         gauge    workers with a live heartbeat
     router_circuit_open{backend}                       gauge    1 while the breaker is open
     router_redis_up                                    gauge    0: this scrape could not read Redis
@@ -284,13 +284,16 @@ class CompletionObserver:
             route.id if route else UNKNOWN, request_id=rid or current_request_id(), sink=sink
         )
 
-    def start(self, service: ChatService, req: Any, headers: Any = None) -> Started:
-        """`service.start(req, headers)`, observed: a failure before the first token is
-        recorded and re-raised; the returned Started's events are watched."""
+    def start(
+        self, service: ChatService, req: Any, headers: Any = None, client: Any = None
+    ) -> Started:
+        """`service.start(req, headers, client)`, observed: a failure before the first token
+        is recorded and re-raised; the returned Started's events are watched."""
         try:
-            started = service.start(req, headers=headers)
+            started = service.start(req, headers=headers, client=client)
         except RouterError as exc:
-            self.finish(str(exc.status_code))
+            gone = exc.code == "job_cancelled"  # the client hung up, or cancelled it
+            self.finish(CLIENT_GONE if gone else str(exc.status_code))
             raise
         except Exception:
             self.finish("500")  # recorded as a server error; the error handler renders it

@@ -2,7 +2,10 @@
 
 A model's deployments are tried in the order of its policy, then those of its fallback
 models (in order, each followed by its own fallbacks). A candidate is usable when a live
-worker serves it, its queue is under the limit, and its backend's circuit lets it through:
+worker serves it, its backlog is under the limit, a job sent there now would start within
+ROUTER_QUEUE_TIMEOUT and could finish within the client's own timeout, and its backend's
+circuit lets it through. Refusals other than "no worker yet" are answered at once: overload
+is refused fast, with Retry-After, never left to time out.
 
     priority      deployments in priority order (the primary first)
     least-loaded  fewest (running + queued) jobs per unit of live worker capacity
@@ -12,25 +15,20 @@ worker serves it, its queue is under the limit, and its backend's circuit lets i
 
 from __future__ import annotations
 
+import math
 import random
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from api.load import LoadView
 from registry.queries import ModelRoute, Snapshot
 from tasks.health import BackendHealth
-from tasks.liveness import Liveness
 
 #: Kinds whose workers announce the models they can serve; a deployment of one of these
 #: kinds is usable only while a live worker announces its model (local: loaded; llm-d:
 #: served by the cluster, as its /v1/models says).
 ANNOUNCING_KINDS = frozenset({"local", "llm-d"})
-
-_WorkerLoad = tuple[frozenset[str], int, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -75,56 +73,6 @@ def chain(route: ModelRoute, snapshot: Snapshot) -> list[ModelRoute]:
     return out
 
 
-class LoadView:
-    """Queue depth and live worker load per queue, cached for `ttl` seconds per process."""
-
-    def __init__(self, liveness: Liveness, health: BackendHealth, ttl: float = 0.5) -> None:
-        self.liveness, self.health, self.ttl = liveness, health, ttl
-        self._cache: dict[str, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-
-    def _cached(self, key: str, build: Any) -> Any:
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
-        value = build()
-        with self._lock:
-            self._cache[key] = (time.monotonic(), value)
-        return value
-
-    def depth(self, queue: str) -> int:
-        """Jobs waiting on the Celery queue (a Redis list named after it)."""
-        return int(self._cached(f"depth:{queue}", lambda: self.liveness.redis.llen(queue)))
-
-    def load(self, target: Target) -> tuple[int, int]:
-        """(jobs of `target`'s backend running, capacity) over the live workers of its queue."""
-        workers: list[_WorkerLoad] = self._cached("workers", self._live_workers)
-        running = capacity = 0
-        for queues, cap, per_backend in workers:
-            if target.queue in queues:
-                capacity += cap
-                running += per_backend.get(target.backend, 0)
-        return running, capacity
-
-    def _live_workers(self) -> list[_WorkerLoad]:
-        """Live workers as (queues, capacity, running jobs per backend), parsed once."""
-        now = self.liveness.server_time()
-        return [
-            (
-                frozenset(w.get("queues", "").split(",")),
-                int(w.get("capacity") or w.get("concurrency") or 1),
-                {b: int(n) for b, n in orjson.loads(w.get("active_backends") or "{}").items()},
-            )
-            for w in self.liveness.workers()
-            if float(w["alive_until"]) > now
-        ]
-
-    def ttft(self, backend: str) -> float:
-        stats = self._cached(f"stats:{backend}", lambda: self.health.stats([backend])[backend])
-        return float(stats.ttft_p50 or 0.0)
-
-
 def ordered(route: ModelRoute, load: LoadView) -> list[Target]:
     """The route's deployments in the order its policy prefers now."""
     found = targets(route)
@@ -158,12 +106,30 @@ def candidates(route: ModelRoute, snapshot: Snapshot, load: LoadView) -> Iterato
             yield Candidate(model, target)
 
 
+#: Why a candidate could not take a request. Only `no_worker` is worth waiting for (a
+#: worker may be starting); every other refusal is answered at once.
+REFUSALS = ("no_worker", "worker_failed", "queue_full", "overloaded", "circuit_open")
+
+
 @dataclass(frozen=True)
 class Refusal:
-    """Why a candidate could not take a request: `no_worker`, `queue_full`, `circuit_open`."""
+    """Why a candidate could not take a request (one of REFUSALS), and for how long."""
 
     reason: str
     message: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a request may wait: in its queue before a worker starts it, and in all
+    (the client's own timeout, when it said one)."""
+
+    queue: float = math.inf
+    total: float | None = None
+
+
+UNBOUNDED = Budget()
 
 
 class Picker:
@@ -173,34 +139,74 @@ class Picker:
         self.live, self.health, self.load, self.queue_limit = live, health, load, queue_limit
 
     def pick(
-        self, route: ModelRoute, snapshot: Snapshot, skip: Any = None
+        self, route: ModelRoute, snapshot: Snapshot, skip: Any = None, budget: Budget = UNBOUNDED
     ) -> tuple[Candidate | None, list[Refusal]]:
         refusals: list[Refusal] = []
         for cand in candidates(route, snapshot, self.load):
             if skip is not None and skip(cand):
                 continue
-            refusal = self.refuse(cand.target)
+            refusal = self.refuse(cand.target, budget)
             if refusal is None:
                 return cand, refusals
             refusals.append(refusal)
         return None, refusals
 
-    def refuse(self, t: Target) -> Refusal | None:
+    def refuse(self, t: Target, budget: Budget = UNBOUNDED) -> Refusal | None:
         """None when `t` can take a job now. The breaker is asked last: letting a request
         through as a half-open probe is a commitment to send it."""
         if not self.live.any_target(t.kind, t.queue, t.upstream):
-            model = f"model `{t.upstream}` on " if t.kind in ANNOUNCING_KINDS else ""
-            return Refusal(
-                "no_worker",
-                f"No worker is serving {model}queue `{t.queue}`. Start one with "
-                f"`celery -A tasks worker -Q {t.queue}`.",
-            )
+            return self._no_worker(t)
         if self.queue_limit and self.load.depth(t.queue) >= self.queue_limit:
-            return Refusal("queue_full", f"Queue `{t.queue}` has {self.queue_limit}+ jobs waiting.")
+            return queue_full(t.queue, self.queue_limit, self.load.queue_wait(t))
+        overload = self._overloaded(t, budget)
+        if overload is not None:
+            return overload
         if self.health.allow(t.backend) == 0:
             return Refusal(
                 "circuit_open",
                 f"Backend `{t.backend}` is failing and its circuit is open; it is retried "
                 f"within {self.health.policy.cooldown:g} s.",
+                self.health.policy.cooldown,
             )
         return None
+
+    def _no_worker(self, t: Target) -> Refusal:
+        failure = self.load.failure(t.queue)
+        if failure is not None:
+            return Refusal(
+                "worker_failed",
+                f"The worker for queue `{t.queue}` is running but failed to start its "
+                f"`{t.kind}` backend: {failure}. Fix that and restart the worker.",
+            )
+        model = f"model `{t.upstream}` on " if t.kind in ANNOUNCING_KINDS else ""
+        return Refusal(
+            "no_worker",
+            f"No worker is serving {model}queue `{t.queue}`. Start one with "
+            f"`celery -A tasks worker -Q {t.queue}`.",
+        )
+
+    def _overloaded(self, t: Target, budget: Budget) -> Refusal | None:
+        """Refuse when the job would wait longer than the budget allows before it starts,
+        or could not finish within the client's own timeout."""
+        limit = budget.queue
+        if budget.total is not None:
+            limit = min(limit, budget.total - self.load.service_time(t.backend))
+        if math.isinf(limit):
+            return None
+        limit = max(limit, 0.0)
+        wait = self.load.queue_wait(t)
+        if wait <= limit:
+            return None
+        return Refusal(
+            "overloaded",
+            f"Queue `{t.queue}` is busy: a new job would wait about {wait:.0f} s before it "
+            f"starts, more than the {limit:.0f} s this request can wait. Retry later.",
+            max(1.0, wait - limit),
+        )
+
+
+def queue_full(queue: str, limit: int, wait: float = 0.0) -> Refusal:
+    """The refusal for a queue whose backlog is at ROUTER_QUEUE_LIMIT."""
+    return Refusal(
+        "queue_full", f"Queue `{queue}` has {limit}+ jobs waiting. Retry later.", max(1.0, wait)
+    )

@@ -6,18 +6,21 @@ OpenAI SSE chunks, or as raw events for the jobs API and the WebSocket.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
+from api.client import Client
 from api.extension import Router
-from api.routing import Candidate, Refusal
+from api.routing import UNBOUNDED, Budget, Candidate, Refusal, queue_full
 from api.schemas import ChatCompletionRequest, completion_body
 from registry.queries import ModelRoute
 from tasks.dispatch import task_message
 from tasks.events import StreamEvent, Transcript
+from tasks.jobs import QueueFull
 from tasks.keys import Event, JobStatus
 from tasks.metrics import current_request_id
 from workers.errors import (
@@ -75,12 +78,12 @@ def fallback_worthy(exc: RouterError) -> bool:
     return exc.code == "context_length_exceeded" or exc.status_code in (429, 500, 502, 503, 504)
 
 
-def _unavailable(refusals: list[Refusal], cooldown: float, worker_wait: float) -> RouterError:
+def _unavailable(refusals: list[Refusal], worker_wait: float) -> RouterError:
     """The 503 for a request no deployment could take, naming the first reason."""
     if not refusals:
         return ServiceUnavailableError("No deployment of this model is enabled.")
     first = refusals[0]
-    wait = cooldown if first.reason == "circuit_open" else worker_wait
+    wait = first.retry_after if first.retry_after is not None else worker_wait
     code = {"no_worker": "no_worker_available"}.get(first.reason, first.reason)
     return ServiceUnavailableError(first.message, code=code, retry_after=wait)
 
@@ -93,8 +96,17 @@ class ChatService:
         self.worker_wait = float(router.config["WORKER_WAIT"])
         self.timeout = float(router.config["REQUEST_TIMEOUT"])
         self.queue_wait = float(router.config["QUEUE_WAIT"])
+        self.queue_limit = int(router.config["QUEUE_LIMIT"])
+        self.queue_timeout = float(router.config["QUEUE_TIMEOUT"])
         names = str(router.config.get("FORWARD_HEADERS") or "").split(",")
         self.forward = {n.strip().lower() for n in names if n.strip()}
+
+    def budget(self, client: Client | None) -> Budget:
+        """A synchronous request may queue for QUEUE_TIMEOUT and must fit its client's own
+        timeout; a durable job (no client) only has to start before it would expire."""
+        if client is None:
+            return Budget(queue=self.timeout)
+        return Budget(queue=self.queue_timeout or math.inf, total=client.patience)
 
     def resolve(self, model: str) -> ModelRoute:
         """Registry lookup by id or alias; 404 model_not_found like OpenAI."""
@@ -120,22 +132,25 @@ class ChatService:
         tried: frozenset[tuple[str, str]] = frozenset(),
         min_context: int = 0,
         wait: bool = True,
+        budget: Budget = UNBOUNDED,
     ) -> Candidate:
-        """The first usable deployment of the model or its fallbacks. Waits up to
-        WORKER_WAIT for a worker (not when every refusal is an open circuit, nor when
-        falling back); then 503 with the first reason."""
+        """The first usable deployment of the model or its fallbacks. While the only
+        reason is that no worker serves them yet, waits up to WORKER_WAIT for one (not when
+        falling back); every other refusal (a failed worker, a full or overloaded queue, an
+        open circuit) is a 503 at once, naming the first reason."""
         give_up = time.monotonic() + (self.worker_wait if wait else 0)
 
         def skip(c: Candidate) -> bool:
             return (c.route.id, c.target.backend) in tried or c.route.context_window <= min_context
 
         while True:
-            cand, refusals = self.router.picker.pick(route, self.router.registry.get(), skip)
+            snapshot = self.router.registry.get()
+            cand, refusals = self.router.picker.pick(route, snapshot, skip, budget)
             if cand is not None:
                 return cand
-            circuits = bool(refusals) and all(r.reason == "circuit_open" for r in refusals)
-            if circuits or time.monotonic() >= give_up:
-                raise _unavailable(refusals, self.router.health.policy.cooldown, self.worker_wait)
+            waiting = bool(refusals) and all(r.reason == "no_worker" for r in refusals)
+            if not waiting or time.monotonic() >= give_up:
+                raise _unavailable(refusals, self.worker_wait)
             time.sleep(0.25)
 
     def forwarded(self, headers: Iterable[tuple[str, str]] | None) -> dict[str, str]:
@@ -152,9 +167,14 @@ class ChatService:
         headers: Iterable[tuple[str, str]] | None = None,
         cand: Candidate | None = None,
         deadline: float | None = None,
+        client: Client | None = None,
     ) -> Submitted:
-        """Pick a deployment (unless given), store the job and put it on that queue."""
-        cand = cand or self.pick(self.resolve(req.model))
+        """Pick a deployment (unless given), store the job and put it on that queue. With
+        a `client` (a synchronous request) the job is owned by this API process and
+        cancelled when the client hangs up; without one it is durable (`POST /v1/jobs`).
+        A backlog at QUEUE_LIMIT is a 503, or QueueFull when the caller chose `cand`."""
+        given = cand is not None
+        cand = cand or self.pick(self.resolve(req.model), budget=self.budget(client))
         route, t = cand.route, cand.target
         now = time.time()
         job = ChatJob(
@@ -174,15 +194,70 @@ class ChatService:
             request_id=current_request_id(),
         )
         message = task_message(job.id, 1, t.queue)
-        job_id = self.router.jobs.create(
-            job, t.queue, idempotency_key=idempotency_key, digest=digest, message=message
-        )
+        try:
+            job_id = self.router.jobs.create(
+                job,
+                t.queue,
+                idempotency_key=idempotency_key,
+                digest=digest,
+                message=message,
+                owner=client.owner if client else None,
+                limit=self.queue_limit,
+            )
+        except QueueFull:
+            if given:
+                raise  # the caller moves on to its next candidate
+            raise _unavailable([queue_full(t.queue, self.queue_limit)], self.worker_wait) from None
+        if client is not None:
+            client.attach(job_id)
         replayed = job_id != job.id  # the same Idempotency-Key and body were seen before
         end = job.deadline or now
         return Submitted(job_id, route, int(now), end, replayed, backend=t.backend, queue=t.queue)
 
+    def submit_now(
+        self,
+        req: ChatCompletionRequest,
+        route: ModelRoute,
+        *,
+        headers: list[tuple[str, str]],
+        client: Client | None,
+        tried: set[tuple[str, str]],
+        deadline: float | None = None,
+        min_context: int = 0,
+        wait: bool = True,
+    ) -> Submitted:
+        """Pick and submit, moving on to the next candidate when a queue fills up between
+        the choice and the submission (the limit is checked exactly in Redis)."""
+        budget = self.budget(client)
+        full_queue = ""
+        while True:
+            try:
+                cand = self.pick(
+                    route,
+                    tried=frozenset(tried),
+                    min_context=min_context,
+                    wait=wait,
+                    budget=budget,
+                )
+            except RouterError:
+                if not full_queue:
+                    raise
+                refusal = queue_full(full_queue, self.queue_limit)
+                raise _unavailable([refusal], self.worker_wait) from None
+            try:
+                return self.submit(
+                    req, headers=headers, cand=cand, deadline=deadline, client=client
+                )
+            except QueueFull as full:
+                log.info("queue %s full (%d waiting)", cand.target.queue, full.waiting)
+                tried.add((cand.route.id, cand.target.backend))
+                full_queue, wait = full_queue or cand.target.queue, False
+
     def start(
-        self, req: ChatCompletionRequest, headers: Iterable[tuple[str, str]] | None = None
+        self,
+        req: ChatCompletionRequest,
+        headers: Iterable[tuple[str, str]] | None = None,
+        client: Client | None = None,
     ) -> Started:
         """Submit and read up to the first token, falling back before it if need be: to
         the model's next deployment or fallback model when the first fails (overload, 5xx,
@@ -190,8 +265,8 @@ class ChatService:
         token has arrived, the answer is this one's."""
         headers = list(headers or ())
         route = self.resolve(req.model)
-        sub = self.submit(req, headers=headers, cand=self.pick(route))
         tried: set[tuple[str, str]] = set()
+        sub = self.submit_now(req, route, headers=headers, client=client, tried=tried)
         queue_wait = self.queue_wait
         while True:
             tried.add((sub.route.id, sub.backend))
@@ -209,7 +284,16 @@ class ChatService:
                 if exc.code == "context_length_exceeded":
                     min_context = sub.route.context_window
             try:
-                cand = self.pick(route, tried=frozenset(tried), min_context=min_context, wait=False)
+                nxt = self.submit_now(
+                    req,
+                    route,
+                    headers=headers,
+                    client=client,
+                    tried=tried,
+                    deadline=sub.deadline,
+                    min_context=min_context,
+                    wait=False,
+                )
             except RouterError:
                 if failure is not None:
                     raise failure from None
@@ -218,14 +302,14 @@ class ChatService:
             if failure is None:
                 self.router.jobs.cancel(sub.job_id)
             log.info(
-                "job %s on %s: %s; falling back to %s on %s",
+                "job %s on %s: %s; fell back to %s on %s",
                 sub.job_id,
                 sub.backend,
                 failure.code if failure else "queued too long",
-                cand.route.id,
-                cand.target.backend,
+                nxt.route.id,
+                nxt.backend,
             )
-            sub = self.submit(req, headers=headers, cand=cand, deadline=sub.deadline)
+            sub = nxt
 
     def _watch_queue(
         self, events: Iterator[StreamEvent | None], sub: Submitted, limit: float

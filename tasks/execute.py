@@ -16,6 +16,7 @@ from tasks.events import cancelled_fields, done_fields, error_fields, token_fiel
 from tasks.keys import JobStatus
 from tasks.metrics import set_request_id
 from tasks.runtime import WorkerRuntime
+from tasks.stopper import JobStopped
 from workers.errors import GatewayTimeoutError, RouterError
 from workers.protocol import ChatJob, Chunk, Done, ErrorInfo
 
@@ -86,11 +87,17 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
     if claim.job.expired():  # never call the backend for a job nobody waits for any more
         writer.fail(GatewayTimeoutError("The request timed out before a worker started it.").info())
         return
-    rt.active[job_id] = claim.job.backend
     started = time.monotonic()
     ok: bool | None = True
+    rt.running.add(job_id, claim.job.backend, claim.job.kind)
     try:
-        ok = _stream(rt, claim.job, writer)
+        try:
+            ok = _stream(rt, claim.job, writer)
+        finally:
+            rt.running.remove(job_id)  # no JobStopped can reach it after this
+    except JobStopped:
+        ok = None
+        writer.cancelled()
     except RouterError as exc:
         ok = not backend_failure(exc)
         writer.fail(exc.info())
@@ -99,8 +106,6 @@ def run_job(rt: WorkerRuntime, job_id: str, attempt: int) -> None:
         log.exception("job %s: worker error", job_id)
         ok = False
         writer.fail(WORKER_ERROR)
-    finally:
-        rt.active.pop(job_id, None)
     _record(rt, job_id, claim.job.backend, ok, started, writer.first_token_at)
 
 
@@ -152,22 +157,27 @@ def _record(
 
 
 def _stream(rt: WorkerRuntime, job: ChatJob, writer: JobWriter) -> bool | None:
-    """Relay the backend's chunks; True when done, None when cancelled."""
+    """Relay the backend's chunks; True when done, None when cancelled (a cancel wins over
+    an answer that arrives with it: nobody is waiting for that answer)."""
     chunks: Iterator[Chunk | Done] = iter(rt.backend(job.kind).stream(job))
     try:
         for item in chunks:
+            if writer.stop_requested():
+                break
             if isinstance(item, Done):
                 writer.done(item)
                 return True
             if item:
                 writer.token(item)
             if writer.stop_requested():
-                writer.cancelled()
-                return None
+                break
             if job.expired():
                 raise GatewayTimeoutError("The request timed out while generating.")
     finally:
         close = getattr(chunks, "close", None)
         if close:
             close()  # stops generation and frees the device
+    if writer.stop_requested():
+        writer.cancelled()
+        return None
     raise RouterError("The backend ended its stream without finishing.", code="worker_error")

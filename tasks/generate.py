@@ -2,7 +2,9 @@
 
 `celeryd_after_setup` (logging is up, consuming has not begun) builds the backends a worker's
 queues need (the local model, loaded once; provider clients; the llm-d cluster poller) and
-then starts the heartbeat, so a worker is announced only when it can serve.
+then starts the heartbeat, so a worker is announced only when it can serve. A backend that
+cannot be built (a missing package, a bad model path) is announced as failed, with its
+reason, and its queues are left to other workers: the API then says why, not "no worker".
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import socket
 import time
 from typing import Any
 
+import orjson
 from celery import signals
 from celery.backends.base import DisabledBackend
 
 from tasks import app
 from tasks.dispatch import enqueue
 from tasks.execute import run_job
-from tasks.keys import KNOWN_QUEUES, PROVIDER_QUEUES, TASK_NAME, task_name
+from tasks.keys import KNOWN_QUEUES, TASK_NAME, task_name
 from tasks.liveness import Requeued
 from tasks.metrics import celery_json_logging, task_log_context_begin, task_log_context_end
 from tasks.runtime import runtime
-from workers.providers import queue_kinds
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
     for name, task in worker.app.tasks.items():
         if name.startswith(TASK_NAME):
             task.backend = disabled
-    for name in ("httpx", "httpx2"):  # one INFO line per upstream request and health poll
+    for name in ("httpx", "httpx2"):  # the SDKs log one INFO line per upstream request
         logging.getLogger(name).setLevel(logging.WARNING)
     # Celery's "received" and "succeeded" lines, two per task: 3% of a provider worker's
     # CPU, and Flower shows the same (ROUTER_TASK_LOG=1 keeps them). Failures still log.
@@ -78,12 +80,12 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
     # a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH says otherwise)
     os.environ.setdefault("LOCAL_MAX_BATCH", str(worker.concurrency))
     rt = runtime()
-    if any(q not in PROVIDER_QUEUES for q in queues):
-        started = time.monotonic()
-        rt.backend("local")  # load the model now, not on the first request
-        log.info("local model ready in %.1fs", time.monotonic() - started)
-    for kind in sorted(set(queue_kinds(queues).values())):
-        rt.backend(kind)  # a misconfigured provider fails here, at start, not per request
+    # Build every backend now: a broken one (a missing package, a bad model path) fails
+    # here, where it is announced with its reason, instead of once per request.
+    failed = rt.prepare(queues)
+    serving = [q for q in queues if q not in failed]
+    for queue in failed:
+        worker.app.amqp.queues.deselect(queue)  # leave its jobs to a worker that can serve
     pool = getattr(worker.pool_cls, "__module__", "").rsplit(".", 1)[-1]
     info = {
         "hostname": socket.gethostname(),
@@ -91,9 +93,18 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
         "pool": pool,
         "concurrency": str(worker.concurrency),
         "started": f"{time.time():.3f}",
+        "failed": orjson.dumps(failed).decode() if failed else "",
     }
-    rt.start_heartbeat(queues, info, _requeue)
-    log.info("worker %s serving %s", rt.worker_id, ",".join(queues))
+    rt.start_heartbeat(serving, info, _requeue)
+    if failed:
+        log.error(
+            "worker %s serving %s; FAILED at start: %s",
+            rt.worker_id,
+            ",".join(serving) or "nothing",
+            "; ".join(f"{q}: {why}" for q, why in failed.items()),
+        )
+    else:
+        log.info("worker %s serving %s", rt.worker_id, ",".join(queues))
 
 
 @signals.worker_shutdown.connect

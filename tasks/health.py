@@ -177,12 +177,12 @@ def backend_report(
     health: BackendHealth, liveness: Any, rows: Iterable[tuple[str, str, bool]]
 ) -> list[dict[str, Any]]:
     """The operator view of (name, queue, enabled) backends: circuit, live workers, queue
-    depth, latency and error rate over the breaker's window."""
+    depth (jobs accepted and not started), latency and error rate over the breaker's window."""
     rows = list(rows)
     live = liveness.live_counts(q for _, q, _ in rows)
     pipe = health.redis.pipeline(transaction=False)
     for _, queue, _ in rows:
-        pipe.llen(queue)
+        pipe.zcard(keys.queued_key(queue))
     depths = pipe.execute()
     stats = health.stats(name for name, _, _ in rows)
     return [

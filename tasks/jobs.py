@@ -80,6 +80,14 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+class QueueFull(Exception):
+    """The queue's backlog is at its limit; `waiting` jobs are ahead."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} jobs waiting")
+        self.waiting = waiting
+
+
 def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
@@ -93,6 +101,7 @@ class JobStore:
         self._create = client.register_script(lua("create"))
         self._claim = client.register_script(lua("claim"))
         self._cancel = client.register_script(lua("cancel"))
+        self._stops = client.register_script(lua("stops"))
         self.finish_script = client.register_script(lua("finish"))
 
     # -- API side -------------------------------------------------------------------------
@@ -106,9 +115,14 @@ class JobStore:
         digest: str = "",
         idempotency_ttl: int = 86400,
         message: bytes | None = None,
+        owner: str | None = None,
+        limit: int = 0,
     ) -> str:
         """Store a queued job and push its task `message` (tasks.dispatch) on `queue`, in
-        one step; returns its id, or the earlier job's id for a repeated key (no push)."""
+        one step; returns its id, or the earlier job's id for a repeated key (no push).
+        `owner`: the API process holding the client's connection (a synchronous request);
+        the job is dropped if that process dies before a worker starts it. `limit` > 0:
+        raise QueueFull instead when that many jobs already wait on the queue."""
         deadline = job.deadline or time.time() + 3600
         lifetime = int(deadline - time.time()) + self.job_ttl
         fields = {
@@ -123,12 +137,16 @@ class JobStore:
             "cancel": "0",
             "request": orjson.dumps(job.to_dict()).decode(),
         }
+        if owner:
+            fields["owner"] = owner
         flat = [x for kv in fields.items() for x in kv]
         idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
         res = self._create(
-            keys=[keys.job_key(job.id), idem, keys.QUEUED, queue if message else ""],
-            args=[max(lifetime, 1), idempotency_ttl, digest, message or b"", *flat],
+            keys=[keys.job_key(job.id), idem, keys.queued_key(queue), queue if message else ""],
+            args=[max(lifetime, 1), idempotency_ttl, digest, message or b"", limit, *flat],
         )
+        if res[0] == "full":
+            raise QueueFull(int(res[1]))
         if res[0] == "exists":
             if res[2] != digest:
                 raise IdempotencyConflict(res[1])
@@ -138,10 +156,23 @@ class JobStore:
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel; returns the status after the call (None for an unknown job)."""
         res = self._cancel(
-            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.QUEUED],
-            args=[self.job_ttl, job_id],
+            keys=[keys.job_key(job_id), keys.events_key(job_id)],
+            args=[self.job_ttl, job_id, keys.PREFIX],
         )
         return None if res == "missing" else JobStatus(res)
+
+    def backlog(self, queue: str) -> int:
+        """How many jobs on `queue` were accepted and not started yet (whether their message
+        still waits in Redis or a worker has reserved it)."""
+        return int(self.redis.zcard(keys.queued_key(queue)))
+
+    def stops(self, worker_id: str, job_ids: list[str]) -> list[str]:
+        """Which of this worker's running jobs must stop now: cancelled, taken over by a
+        later attempt, or synchronous ones whose API process died (flagged cancelled)."""
+        if not job_ids:
+            return []
+        found = self._stops(keys=[keys.APIS, *(keys.job_key(j) for j in job_ids)], args=[worker_id])
+        return [str(j) for j in found]
 
     def record(self, job_id: str) -> JobRecord | None:
         h: dict[str, str] = cast(Any, self.redis.hgetall(keys.job_key(job_id)))
@@ -175,9 +206,9 @@ class JobStore:
                 keys.job_key(job_id),
                 keys.events_key(job_id),
                 keys.worker_jobs_key(worker_id),
-                keys.QUEUED,
+                keys.APIS,
             ],
-            args=[str(attempt), worker_id, self.job_ttl, job_id],
+            args=[str(attempt), worker_id, self.job_ttl, job_id, keys.PREFIX],
         )
         if res[0] != "ok":
             return Claim(str(res[0]))

@@ -11,7 +11,9 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:queue:{queue}:workers  zset    worker id -> alive until, per consumed queue
     router:queue:{q}:model:{m}:workers  zset  the same, per model a local worker has loaded
     router:reaper                 string  lock: one reaper pass at a time across workers
-    router:queued                 zset    job id -> when it was (re)queued, while queued
+    router:queue:{q}:queued       zset    job id -> when it was (re)queued, while queued: the
+                                          queue's backlog (jobs accepted, not yet started)
+    router:apis                   zset    API process id -> alive until (Redis server time)
     router:backend:{b}:circuit    hash    circuit breaker: state, failures, opened_at
     router:backend:{b}:probe      string  the one half-open probe in flight (expires)
     router:backend:{b}:outcomes   list    recent jobs, newest first: "ts:ttft_ms:total_ms:ok"
@@ -42,7 +44,7 @@ def task_name(queue: str) -> str:
 
 
 WORKERS = f"{PREFIX}:workers"
-QUEUED = f"{PREFIX}:queued"
+APIS = f"{PREFIX}:apis"
 REAPER_LOCK = f"{PREFIX}:reaper"
 
 
@@ -68,6 +70,12 @@ def worker_jobs_key(worker_id: str) -> str:
 
 def queue_workers_key(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:workers"
+
+
+def queued_key(queue: str) -> str:
+    """The queue's backlog: jobs accepted and not yet started, by when they were queued.
+    The Lua scripts build the same name from PREFIX (tests/tasks/test_jobs.py ties them)."""
+    return f"{PREFIX}:queue:{queue}:queued"
 
 
 def model_workers_key(queue: str, model: str) -> str:

@@ -36,6 +36,7 @@ class Liveness:
         self._reap = client.register_script(lua("reap"))
         self._live = client.register_script(lua("live"))
         self._stale = client.register_script(lua("stale"))
+        self._presence = client.register_script(lua("presence"))
 
     def beat(
         self,
@@ -62,11 +63,24 @@ class Liveness:
         flat = self._reap(keys=[keys.WORKERS], args=[keys.PREFIX, max_workers])
         return [Requeued(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
-    def lost_deliveries(self, older_than: float, limit: int = 200) -> list[Requeued]:
-        """Jobs queued longer than `older_than` s with nothing waiting on their queue: their
-        message was lost; the caller publishes them again (same attempt: claims dedupe)."""
-        flat = self._stale(keys=[keys.QUEUED], args=[keys.PREFIX, older_than, limit])
+    def lost_deliveries(
+        self, queues: Iterable[str], older_than: float, job_ttl: int, limit: int = 200
+    ) -> list[Requeued]:
+        """Jobs queued on `queues` longer than `older_than` s with nothing waiting on their
+        queue: their message was lost; the caller publishes them again (same attempt:
+        claims dedupe). Synchronous jobs whose API process is gone are cancelled instead."""
+        indexes = [keys.queued_key(q) for q in dict.fromkeys(queues)]
+        if not indexes:
+            return []
+        flat = self._stale(
+            keys=[keys.APIS, *indexes], args=[keys.PREFIX, older_than, limit, job_ttl]
+        )
         return [Requeued(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def api_beat(self, api_id: str, ttl: float) -> None:
+        """Say this API process is alive for `ttl` more seconds (0: it is going away now).
+        Synchronous jobs name their API process; a worker drops those whose owner died."""
+        self._presence(keys=[keys.APIS], args=[api_id, ttl])
 
     def try_lock(self, owner: str, seconds: float) -> bool:
         """One reaper pass at a time across all workers."""
@@ -98,6 +112,18 @@ class Liveness:
             for model in filter(None, w.get("models", "").split(",")):
                 found.setdefault(model, w)
         return found
+
+    def live_queues(self) -> list[str]:
+        """The queues some live worker consumes."""
+        now = self.server_time()
+        found = {
+            q
+            for w in self.workers()
+            if float(w["alive_until"]) > now
+            for q in w.get("queues", "").split(",")
+            if q
+        }
+        return sorted(found)
 
     def server_time(self) -> float:
         """Redis's clock, the one every `alive_until` is measured against."""

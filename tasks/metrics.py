@@ -48,15 +48,16 @@ class ClusterReading:
 def read_cluster(
     client: redis.Redis, liveness: Liveness, backends: Iterable[tuple[str, str]]
 ) -> ClusterReading:
-    """Read (backend, queue) pairs in two round trips: LLEN of each Celery queue and the
-    circuit hash of each backend in one pipeline, then the live-worker counts. A queue is
-    the Redis list Celery's Redis transport keeps under the queue's name."""
+    """Read (backend, queue) pairs in two round trips: the backlog of each queue (jobs
+    accepted and not started, whether their message still waits in Redis or a worker has
+    reserved it) and the circuit hash of each backend in one pipeline, then the live-worker
+    counts."""
     pairs = list(dict.fromkeys(backends))
     queues = list(dict.fromkeys(q for _, q in pairs))
     names = list(dict.fromkeys(b for b, _ in pairs))
     pipe = client.pipeline(transaction=False)
     for queue in queues:
-        pipe.llen(queue)
+        pipe.zcard(keys.queued_key(queue))
     for name in names:
         pipe.hget(keys.circuit_key(name), "state")
     raw = pipe.execute()

@@ -76,6 +76,10 @@ class EventPublisher:
         """True once the job was cancelled or taken over by a later attempt."""
         return job_id in self._stop_flags
 
+    def stop(self, job_id: str) -> None:
+        """Tell the job's writer to stop (a cancel found by other means than a flush)."""
+        self._stop_flags.add(job_id)
+
     def forget(self, job_id: str) -> None:
         self._stop_flags.discard(job_id)
 

@@ -10,8 +10,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import orjson
 import redis
@@ -22,9 +24,13 @@ from tasks.jobs import JobStore
 from tasks.liveness import Liveness, Requeued
 from tasks.publisher import EventPublisher
 from tasks.settings import Settings
+from tasks.stopper import RunningJobs, Stopper
 from workers.base import Backend, create_backend
+from workers.providers import queue_kinds
 
 log = logging.getLogger(__name__)
+
+MAX_REASON = 500  # characters of a start-up failure announced in the heartbeat
 
 
 class WorkerRuntime:
@@ -39,10 +45,11 @@ class WorkerRuntime:
         self.liveness = Liveness(self.redis)
         self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.active: dict[str, str] = {}  # running job id -> its backend
+        self.running = RunningJobs()
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
+        self._stopper: Stopper | None = None
 
     def backend(self, kind: str) -> Backend:
         """The backend for `kind`, created once per process."""
@@ -51,11 +58,33 @@ class WorkerRuntime:
                 self._backends[kind] = create_backend(kind, self.env)
             return self._backends[kind]
 
+    def prepare(self, queues: list[str]) -> dict[str, str]:
+        """Build the backend behind each of `queues` now (a local model is loaded here), so
+        that a broken install or configuration shows at start, not on the first request.
+        Returns {queue: reason} for the queues whose backend could not be built; the
+        worker serves the others and announces these as failed."""
+        kinds = queue_kinds(queues)
+        by_kind: dict[str, list[str]] = {}
+        for queue in queues:
+            by_kind.setdefault(kinds.get(queue, "local"), []).append(queue)
+        failed: dict[str, str] = {}
+        for kind, served in sorted(by_kind.items()):
+            started = time.monotonic()
+            try:
+                self.backend(kind)
+            except Exception as exc:  # announced below; the other queues still serve
+                reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+                log.exception("backend %s (queues %s) failed at start", kind, ",".join(served))
+                failed.update(dict.fromkeys(served, reason))
+            else:
+                log.info("backend %s ready in %.1fs", kind, time.monotonic() - started)
+        return failed
+
     def announcement(self) -> tuple[list[str], dict[str, str]]:
         """The models this worker has loaded, and what it says of itself on each beat:
         device, precision, batch capacity and load from backends that announce them."""
         models: list[str] = []
-        running = list(self.active.values())
+        running = self.running.backends()
         per_backend = {b: running.count(b) for b in set(running)}
         info = {"active": str(len(running)), "active_backends": orjson.dumps(per_backend).decode()}
         for backend in list(self._backends.values()):
@@ -70,13 +99,32 @@ class WorkerRuntime:
     def start_heartbeat(
         self, queues: list[str], info: dict[str, str], requeue: Callable[[Requeued], None]
     ) -> None:
-        """Announce this worker on `queues` and keep announcing until `stop`."""
+        """Announce this worker on `queues` and keep announcing until `stop`; from now on
+        also stop running jobs that must stop (tasks.stopper)."""
         self._heartbeat = Heartbeat(self, queues, info, requeue)
         self._heartbeat.beat()
         self._heartbeat.start()
+        self.start_stopper()
+
+    def start_stopper(self) -> None:
+        """Stop running jobs that must stop (tasks.stopper), from now until `stop`."""
+        find = partial(self.jobs.stops, self.worker_id)
+        self._stopper = Stopper(self.running, find, self.stop_job)
+        self._stopper.start()
+
+    def stop_job(self, job_id: str) -> None:
+        """Stop a running job now: it ends `cancelled` (its writer sees the flag)."""
+        self.publisher.stop(job_id)
+        self.running.stop(job_id, self._cancel_in_backend)
+
+    def _cancel_in_backend(self, kind: str, job_id: str) -> bool:
+        cancel = getattr(self._backends.get(kind), "cancel", None)
+        return bool(cancel is not None and cancel(job_id))
 
     def stop(self) -> None:
         """Clean shutdown: stop beating and tell readers at once that we are gone."""
+        if self._stopper:
+            self._stopper.stop()
         if self._heartbeat:
             self._heartbeat.stop()
 
@@ -113,7 +161,9 @@ class Heartbeat(threading.Thread):
         for job in rt.liveness.reap():
             log.warning("job %s: worker lost, redelivering as attempt %d", job.job_id, job.attempt)
             self.requeue(job)
-        for job in rt.liveness.lost_deliveries(rt.settings.redeliver_after):
+        served = rt.liveness.live_queues()
+        lost = rt.liveness.lost_deliveries(served, rt.settings.redeliver_after, rt.settings.job_ttl)
+        for job in lost:
             log.warning(
                 "job %s: queued with no message left on %s, publishing again", job.job_id, job.queue
             )

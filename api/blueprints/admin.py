@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import asdict
 
+import orjson
 from flask import Blueprint, Response, current_app, request
 
 from api.extension import router
@@ -51,4 +52,9 @@ def backends() -> Response:
 
 @bp.get("/workers")
 def workers() -> Response:
-    return json_response({"object": "list", "data": router().liveness.workers()})
+    """Every registered worker: what it announced, `alive_until`, and `failed` (queue ->
+    why its backend could not be built at start)."""
+    data = [
+        {**w, "failed": orjson.loads(w.get("failed") or "{}")} for w in router().liveness.workers()
+    ]
+    return json_response({"object": "list", "data": data})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.extension import router
-from api.http import chat_service, json_body, json_response, route_headers
+from api.http import chat_service, json_body, json_response, request_client, route_headers
 from api.metrics import CompletionObserver
 from api.schemas import model_body, parse_chat_request
 from api.streaming import chat_chunks
@@ -23,18 +23,26 @@ def chat_completions() -> Response:
     req = parse_chat_request(json_body())
     service = chat_service()
     observer = CompletionObserver.begin(service, req.model)
-    started = observer.start(service, req, headers=request.headers.items())
-    headers = route_headers(started.sub)
-    if req.stream:
+    client = request_client(service)
+    streaming = False
+    try:
+        started = observer.start(service, req, headers=request.headers.items(), client=client)
+        headers = route_headers(started.sub)
+        if not req.stream:
+            return json_response(service.complete(started), headers=headers)
         usage = bool(req.stream_options and req.stream_options.include_usage)
         keepalive = float(current_app.config["KEEPALIVE"])
-        body = chat_chunks(service, started, usage, keepalive)
-        return Response(
-            stream_with_context(body),
+        resp = Response(
+            stream_with_context(chat_chunks(service, started, usage, keepalive)),
             mimetype="text/event-stream",
             headers={**headers, **SSE_HEADERS},
         )
-    return json_response(service.complete(started), headers=headers)
+        resp.call_on_close(client.close)  # the watch lasts as long as the stream
+        streaming = True
+        return resp
+    finally:
+        if not streaming:
+            client.close()
 
 
 def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:

@@ -16,7 +16,7 @@ from flask import Blueprint, request
 from flask_sock import Sock
 
 from api.extension import router
-from api.http import chat_service
+from api.http import chat_service, request_client
 from api.metrics import CompletionObserver
 from api.schemas import parse_chat_request
 from api.serving import ChatService
@@ -106,7 +106,8 @@ def chat_socket(ws: Any) -> None:
                 continue  # nothing running between requests
             req = parse_chat_request(body)
             observer = CompletionObserver.begin(service, req.model)
-            sub = service.submit(req, headers=request.headers.items())
+            client = request_client(service, watch=False)  # the socket's end cancels it
+            sub = service.submit(req, headers=request.headers.items(), client=client)
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue

@@ -44,7 +44,14 @@ function workerRow(w, serverNow) {
     "tr",
     { dataset: { worker: w.id } },
     h("td", { class: "mono", title: w.pid ? `pid ${w.pid}` : null }, w.id),
-    h("td", { dataset: { col: "queues" } }, chips(w.queues)),
+    h(
+      "td",
+      { dataset: { col: "queues" } },
+      chips(w.queues),
+      ...Object.entries(w.failed || {}).map(([queue, why]) =>
+        h("div", { class: "failure", dataset: { failed: queue } }, `${queue} failed at start: ${why}`),
+      ),
+    ),
     h("td", { dataset: { col: "models" } }, chips(w.models)),
     cell(w.device),
     cell(w.dtype),

@@ -1,7 +1,9 @@
 -- A worker takes a delivered job: drop stale or duplicate deliveries, honour a cancel that
--- came while queued, write `restart` on a redelivery, mark it running.
--- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set, KEYS[4] queued index
--- ARGV[1] attempt carried by the message, ARGV[2] worker id, ARGV[3] job ttl, ARGV[4] job id
+-- came while queued, drop a synchronous job whose API process (its owner, which holds the
+-- client's connection) is gone, write `restart` on a redelivery, mark it running.
+-- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set, KEYS[4] API processes
+-- ARGV[1] attempt carried by the message, ARGV[2] worker id, ARGV[3] job ttl, ARGV[4] job id,
+-- ARGV[5] key prefix (the backlog index is <prefix>:queue:<queue>:queued)
 -- Returns {'ok', request json, token id base (ms)} or {reason}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -10,13 +12,24 @@ if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {'stale'} end
 if status == 'running' then return {'duplicate'} end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-redis.call('ZREM', KEYS[4], ARGV[4])
+local queue = redis.call('HGET', KEYS[1], 'queue')
+redis.call('ZREM', ARGV[5] .. ':queue:' .. queue .. ':queued', ARGV[4])
+local reason = nil
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', now)
+  reason = 'cancelled'
+else
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then
+    local alive = redis.call('ZSCORE', KEYS[4], owner)
+    if not alive or tonumber(alive) < tonumber(now) then reason = 'orphaned' end
+  end
+end
+if reason then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel', '1', 'finished', now)
   redis.call('XADD', KEYS[2], '*', 'type', 'cancelled')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return {'cancelled'}
+  return {reason}
 end
 local base = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(ARGV[1]) > 1 then

@@ -11,10 +11,12 @@ for _, w in ipairs(dead) do
     local h = ARGV[1] .. ':job:' .. j
     if redis.call('HGET', h, 'status') == 'running' and redis.call('HGET', h, 'worker') == w then
       local attempt = redis.call('HINCRBY', h, 'attempt', 1)
+      local queue = redis.call('HGET', h, 'queue')
       redis.call('HSET', h, 'status', 'queued', 'worker', '')
-      redis.call('ZADD', ARGV[1] .. ':queued', t[1], j)
+      redis.call('ZADD', ARGV[1] .. ':queue:' .. queue .. ':queued',
+        t[1] .. '.' .. string.format('%06d', tonumber(t[2])), j)
       table.insert(out, j)
-      table.insert(out, redis.call('HGET', h, 'queue'))
+      table.insert(out, queue)
       table.insert(out, tostring(attempt))
     end
   end

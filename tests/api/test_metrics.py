@@ -29,7 +29,7 @@ from tasks.events import StreamEvent
 from tasks.keys import Event
 from tasks.liveness import Liveness
 from tasks.metrics import read_cluster
-from workers.errors import GatewayTimeoutError, ModelNotFoundError
+from workers.errors import ConflictError, GatewayTimeoutError, ModelNotFoundError
 from workers.protocol import ErrorInfo, Usage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def app(stack, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def busy_backend(app, stack) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    """A registry backend whose queue holds 3 jobs, with one live worker and its circuit
+    """A registry backend whose queue has 3 jobs waiting, with one live worker and its circuit
     open; a second backend idle. Its Redis keys are removed afterwards."""
     name, queue, idle = unique("bk"), unique("q"), unique("idle")
     engine = app.extensions["router"].engine
@@ -146,13 +146,16 @@ def busy_backend(app, stack) -> Iterator[tuple[str, str]]:  # type: ignore[no-un
     client = stack.redis()
     liveness = Liveness(client)
     worker = unique("w")
-    client.rpush(queue, "a", "b", "c")
+    client.zadd(keys.queued_key(queue), {"job_a": 1, "job_b": 2, "job_c": 3})
     liveness.beat(worker, 30, [queue], [], {"pid": "0"})
     client.hset(keys.circuit_key(name), "state", "open")
     yield name, queue
     liveness.goodbye(worker, [queue], [])
     client.delete(
-        queue, keys.circuit_key(name), keys.worker_key(worker), keys.queue_workers_key(queue)
+        keys.queued_key(queue),
+        keys.circuit_key(name),
+        keys.worker_key(worker),
+        keys.queue_workers_key(queue),
     )
     client.zrem(keys.WORKERS, worker)
 
@@ -341,7 +344,7 @@ class Service:
     def __init__(self, result: Started | Exception) -> None:
         self.result = result
 
-    def start(self, req: Any, headers: Any = None) -> Started:
+    def start(self, req: Any, headers: Any = None, client: Any = None) -> Started:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
@@ -354,6 +357,10 @@ def test_observer_start_records_failures_before_a_job() -> None:
         obs.start(Service(ModelNotFoundError("no such model")), req=None)  # type: ignore[arg-type]
     [entry] = sink.entries
     assert (entry.status, entry.backend, entry.job_id, entry.ttft_ms) == ("404", "none", None, None)
+    gone = CompletionObserver("m", sink=sink)  # the client hung up before its first token
+    with pytest.raises(ConflictError):
+        gone.start(Service(ConflictError("cancelled", code="job_cancelled")), req=None)  # type: ignore[arg-type]
+    assert sink.entries[-1].status == "499"
 
 
 def test_observer_start_watches_head_and_rest() -> None:

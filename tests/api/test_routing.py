@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from api.routing import Picker, Target, chain, ordered
+from api.routing import Budget, Picker, Target, chain, ordered
 from registry.queries import BackendInfo, ModelRoute, Snapshot, deployment_info
 
 
@@ -38,16 +38,35 @@ def route(model_id: str, *backends: str, **kw: object) -> ModelRoute:
 
 
 class Load:
-    """A LoadView stand-in: running jobs per backend, capacity 10 each, ttft per backend."""
+    """A LoadView stand-in: running jobs per backend, capacity 10 each, ttft per backend,
+    and per queue its backlog, the wait a new job would see and start-up failures."""
 
-    def __init__(self, running: dict[str, int], ttft: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        running: dict[str, int],
+        ttft: dict[str, float] | None = None,
+        *,
+        waiting: dict[str, int] | None = None,
+        wait: dict[str, float] | None = None,
+        failed: dict[str, str] | None = None,
+    ) -> None:
         self.running, self._ttft = running, ttft or {}
+        self.waiting, self.wait, self.failed = waiting or {}, wait or {}, failed or {}
 
     def load(self, t: Target) -> tuple[int, int]:
         return self.running.get(t.backend, 0), 10
 
     def depth(self, queue: str) -> int:
-        return 0
+        return self.waiting.get(queue, 0)
+
+    def queue_wait(self, t: Target) -> float:
+        return self.wait.get(t.queue, 0.0)
+
+    def service_time(self, backend: str) -> float:
+        return 2.0
+
+    def failure(self, queue: str) -> str | None:
+        return self.failed.get(queue)
 
     def ttft(self, backend: str) -> float:
         return self._ttft.get(backend, 0.0)
@@ -116,3 +135,34 @@ def test_picker_skips_dead_and_open_deployments_and_says_why() -> None:
     cand, refusals = picker.pick(a, snap)
     assert cand is not None and (cand.route.id, cand.target.backend) == ("b", "z")
     assert [r.reason for r in refusals] == ["no_worker", "circuit_open"]
+
+
+def test_a_worker_that_failed_at_start_is_named_not_missing() -> None:
+    a = route("a", "x", "y")
+    load = Load({}, failed={"x": "ModuleNotFoundError: No module named 'httpx' (worker w1)"})
+    picker = Picker(Live(set()), Health({}), load, queue_limit=0)  # type: ignore[arg-type]
+    cand, refusals = picker.pick(a, Snapshot([a], []))
+    assert cand is None
+    assert [r.reason for r in refusals] == ["worker_failed", "no_worker"]
+    assert "No module named 'httpx'" in refusals[0].message
+    assert "No worker" not in refusals[0].message
+
+
+def test_full_and_overloaded_queues_are_refused_with_a_retry_time() -> None:
+    a = route("a", "x", "y", "z")
+    load = Load({}, waiting={"x": 5}, wait={"y": 50.0, "z": 8.0})
+    picker = Picker(Live({"x", "y", "z"}), Health({}), load, queue_limit=5)  # type: ignore[arg-type]
+    snap = Snapshot([a], [])
+    cand, refusals = picker.pick(a, snap, budget=Budget(queue=30.0))
+    assert cand is not None and cand.target.backend == "z"
+    assert [(r.reason, r.retry_after) for r in refusals] == [
+        ("queue_full", 1.0),
+        ("overloaded", 20.0),
+    ]
+    # the client's own timeout counts the service time too: 8 s waiting + 2 s > 9 s
+    cand, refusals = picker.pick(a, snap, budget=Budget(queue=30.0, total=9.0))
+    assert cand is None and [r.reason for r in refusals][-1] == "overloaded"
+    cand, _ = picker.pick(a, snap, budget=Budget(queue=30.0, total=11.0))
+    assert cand is not None and cand.target.backend == "z"
+    cand, _ = picker.pick(a, snap)  # no budget: only the limit applies
+    assert cand is not None and cand.target.backend == "y"

@@ -12,6 +12,8 @@ import orjson
 from simple_websocket import Client as WsClient
 from simple_websocket import ConnectionClosed
 
+from tasks import keys
+
 LONG = {
     "model": "smollm2-135m",
     "messages": [{"role": "user", "content": "Write a long poem about the sea and the sky."}],
@@ -75,7 +77,8 @@ def test_deliveries_leave_no_kombu_bookkeeping_behind(http: httpx.Client, stack)
     job_id = http.post("/v1/jobs", json=SHORT).json()["id"]
     poll(http, job_id, {"succeeded"})
     assert not stack.redis().exists("unacked", "unacked_index")
-    assert stack.redis().zscore("router:queued", job_id) is None  # claimed: out of the index
+    backlog = keys.queued_key("local-mps")
+    assert stack.redis().zscore(backlog, job_id) is None  # claimed: out of the index
 
 
 def test_idempotency_key_returns_the_same_job(http: httpx.Client) -> None:

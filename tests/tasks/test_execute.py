@@ -70,7 +70,7 @@ def test_tokens_then_done(rt, make_job, monkeypatch) -> None:
     assert status is JobStatus.SUCCEEDED
     assert tr.text == "Hello!" and tr.final and tr.final.type is Event.DONE
     assert tr.final.usage == Usage(3, 4)
-    assert job_id not in rt.active
+    assert job_id not in rt.running
 
 
 def test_a_router_error_fails_the_job_with_its_status(rt, make_job, monkeypatch) -> None:
@@ -146,3 +146,47 @@ def test_unknown_backend_kind_fails_clearly(rt, make_job) -> None:
     status, tr = outcome(rt.jobs, job_id)
     assert status is JobStatus.FAILED
     assert tr.final and tr.final.error and "quantum" in tr.final.error.message
+
+
+class Silent:
+    """Blocks before its first chunk until its job is cancelled through `cancel`, as the
+    local batch engine does for a request that waits for a slot or prefills."""
+
+    def __init__(self) -> None:
+        self.cancelled: dict[str, threading.Event] = {}
+
+    def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
+        event = self.cancelled.setdefault(job.id, threading.Event())
+        event.wait(30)
+        yield Done("stop", Usage(3, 0))
+
+    def cancel(self, job_id: str) -> bool:
+        self.cancelled.setdefault(job_id, threading.Event()).set()
+        return True
+
+
+@pytest.mark.parametrize("how", ["cancel", "owner_gone"])
+def test_a_job_silent_before_its_first_token_is_stopped(rt, make_job, monkeypatch, how) -> None:
+    """No token flows, so no flush reads the cancel flag: the stopper finds it instead."""
+    from tasks.liveness import Liveness
+
+    backend = Silent()
+    use_backend(monkeypatch, backend)
+    Liveness(rt.redis).api_beat("api-1", 60)
+    job = ChatJob.from_dict({**make_job().to_dict(), "kind": "scripted"})
+    rt.jobs.create(job, "q", owner="api-1")
+    rt.start_stopper()
+    runner = threading.Thread(target=run_job, args=(rt, job.id, 1))
+    runner.start()
+    time.sleep(0.3)
+    assert rt.jobs.record(job.id).status is JobStatus.RUNNING
+    if how == "cancel":
+        rt.jobs.cancel(job.id)  # a client hung up, or DELETE /v1/jobs/{id}
+    else:
+        Liveness(rt.redis).api_beat("api-1", 0)  # the API process holding its client died
+    runner.join(timeout=2)
+    assert not runner.is_alive()
+    status, tr = outcome(rt.jobs, job.id)
+    assert status is JobStatus.CANCELLED and tr.final and tr.final.type is Event.CANCELLED
+    assert backend.cancelled[job.id].is_set() and job.id not in rt.running
+    rt.stop()

@@ -8,8 +8,9 @@ import pytest
 
 from tasks import keys
 from tasks.events import StreamEvent, token_fields
-from tasks.jobs import IdempotencyConflict, JobStore
+from tasks.jobs import IdempotencyConflict, JobStore, QueueFull
 from tasks.keys import Event, JobStatus
+from tasks.liveness import Liveness
 
 
 def events(r, job_id: str = "job_1") -> list[StreamEvent]:
@@ -123,3 +124,66 @@ def test_read_blocks_then_returns_new_events(r) -> None:
     got = store.read("job_1", "0-0", 200)
     assert [(e.type, e.delta) for e in got] == [(Event.TOKEN, "a")]
     assert store.read("job_1", got[-1].id, 50) == []
+
+
+def test_the_backlog_counts_jobs_until_they_start(r, make_job) -> None:
+    store = JobStore(r)
+    assert store.backlog("q") == 0
+    for i in range(3):
+        store.create(make_job(f"job_{i}"), "q")
+    assert store.backlog("q") == 3
+    store.claim("job_0", 1, "w1")
+    store.cancel("job_1")
+    assert store.backlog("q") == 1
+
+
+def test_the_lua_scripts_name_the_backlog_as_keys_does(r, make_job) -> None:
+    """claim, cancel and reap build the backlog's key in Lua from the job's queue."""
+    store = JobStore(r)
+    store.create(make_job("job_a"), "q:odd-name")
+    store.create(make_job("job_b"), "q:odd-name")
+    assert r.zcard(keys.queued_key("q:odd-name")) == 2
+    store.claim("job_a", 1, "w1")
+    store.cancel("job_b")
+    assert r.zcard(keys.queued_key("q:odd-name")) == 0
+
+
+def test_a_full_queue_refuses_new_jobs_exactly(r, make_job) -> None:
+    store = JobStore(r)
+    for i in range(2):
+        store.create(make_job(f"job_{i}"), "q", limit=2)
+    with pytest.raises(QueueFull) as full:
+        store.create(make_job("job_2"), "q", limit=2, message=b"m")
+    assert full.value.waiting == 2
+    assert store.record("job_2") is None and r.llen("q") == 0  # nothing of it was written
+    store.claim("job_0", 1, "w1")  # one starts: room for one more
+    assert store.create(make_job("job_2"), "q", limit=2) == "job_2"
+
+
+def test_a_synchronous_job_whose_api_died_is_dropped_at_claim(r, make_job) -> None:
+    store, lv = JobStore(r), Liveness(r)
+    lv.api_beat("api-1", 60)
+    store.create(make_job("job_live"), "q", owner="api-1")
+    store.create(make_job("job_orphan"), "q", owner="api-gone")  # never announced
+    store.create(make_job("job_durable"), "q")
+    assert store.claim("job_live", 1, "w1").outcome == "ok"
+    assert store.claim("job_orphan", 1, "w1").outcome == "orphaned"
+    assert store.record("job_orphan").status is JobStatus.CANCELLED
+    assert [e.type for e in events(r, "job_orphan")] == [Event.CANCELLED]
+    assert store.claim("job_durable", 1, "w1").outcome == "ok"
+
+
+def test_a_worker_learns_which_running_jobs_to_stop(r, make_job) -> None:
+    store, lv = JobStore(r), Liveness(r)
+    lv.api_beat("api-1", 60)
+    for job_id in ("job_a", "job_b", "job_c", "job_d"):
+        store.create(make_job(job_id), "q", owner="api-1" if job_id != "job_c" else None)
+        store.claim(job_id, 1, "w1")
+    running = ["job_a", "job_b", "job_c", "job_d"]
+    assert store.stops("w1", running) == []
+    store.cancel("job_d")  # DELETE, or the client hung up
+    assert store.stops("w1", running) == ["job_d"]
+    lv.api_beat("api-1", 0)  # the API process holding a and b said goodbye
+    assert sorted(store.stops("w1", running)) == ["job_a", "job_b", "job_d"]
+    assert store.record("job_a").cancel_requested and not store.record("job_c").cancel_requested
+    assert store.stops("w2", ["job_c"]) == ["job_c"]  # not w2's attempt: stop it

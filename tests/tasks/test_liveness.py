@@ -68,10 +68,30 @@ def test_a_queued_job_whose_message_is_gone_is_found_again(r, make_job) -> None:
     r.rpush("q-busy", "a message still in line")
     store.claim("job_taken", 1, "w1")
     store.cancel("job_cancelled")
-    assert set(r.zrange(keys.QUEUED, 0, -1)) == {"job_lost", "job_waiting"}
-    assert lv.lost_deliveries(older_than=60) == []  # too young yet
-    r.zadd(keys.QUEUED, {"job_lost": 1, "job_waiting": 1})  # queued long ago
-    assert lv.lost_deliveries(older_than=60) == [Requeued("job_lost", "q-lost", 1)]
-    assert lv.lost_deliveries(older_than=60) == []  # moved to the back: not every pass
+    lost, busy = keys.queued_key("q-lost"), keys.queued_key("q-busy")
+    assert set(r.zrange(lost, 0, -1)) == {"job_lost"}
+    assert set(r.zrange(busy, 0, -1)) == {"job_waiting"}
+    queues = ["q-lost", "q-busy"]
+    assert lv.lost_deliveries(queues, older_than=60, job_ttl=60) == []  # too young yet
+    r.zadd(lost, {"job_lost": 1})  # queued long ago
+    r.zadd(busy, {"job_waiting": 1})
+    assert lv.lost_deliveries(["q-busy"], 60, 60) == []  # its message still waits in line
+    assert lv.lost_deliveries(queues, 60, 60) == [Requeued("job_lost", "q-lost", 1)]
+    assert lv.lost_deliveries(queues, 60, 60) == []  # moved to the back: not every pass
     store.claim("job_lost", 1, "w2")  # the republished message arrives
-    assert set(r.zrange(keys.QUEUED, 0, -1)) == {"job_waiting"}
+    assert r.zcard(lost) == 0 and set(r.zrange(busy, 0, -1)) == {"job_waiting"}
+
+
+def test_a_lost_synchronous_job_of_a_dead_api_is_cancelled_not_published(r, make_job) -> None:  # type: ignore[no-untyped-def]
+    store, lv = JobStore(r, job_ttl=60), Liveness(r)
+    lv.api_beat("api-live", 60)
+    lv.api_beat("api-gone", 60)
+    lv.api_beat("api-gone", 0)  # said goodbye
+    store.create(make_job("job_sync_live"), "q", owner="api-live")
+    store.create(make_job("job_sync_gone"), "q", owner="api-gone")
+    store.create(make_job("job_durable"), "q")  # POST /v1/jobs: no owner
+    r.zadd(keys.queued_key("q"), {"job_sync_live": 1, "job_sync_gone": 1, "job_durable": 1})
+    found = lv.lost_deliveries(["q"], older_than=60, job_ttl=60)
+    assert sorted(j.job_id for j in found) == ["job_durable", "job_sync_live"]
+    assert store.record("job_sync_gone").status is JobStatus.CANCELLED
+    assert r.zscore(keys.queued_key("q"), "job_sync_gone") is None
