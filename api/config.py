@@ -11,7 +11,7 @@ from tasks.settings import DEFAULT_REDIS_URL
 
 
 def defaults(env: Mapping[str, str]) -> dict[str, Any]:
-    """Defaults; REDIS_URL and DATABASE_URL keep the unprefixed names DESIGN.md gives them."""
+    """Defaults; REDIS_URL and DATABASE_URL keep their usual unprefixed names."""
     return {
         "REDIS_URL": env.get("REDIS_URL", DEFAULT_REDIS_URL),
         "DATABASE_URL": env.get("DATABASE_URL", "sqlite:///.run/router.db"),

@@ -10,8 +10,8 @@ bench/overhead.py and the router, LiteLLM and direct calls all hit the same proc
     POST /mock/config {"latency_ms": 1500, "tokens": 16, "interval_ms": 0}
     GET  /mock/stats  -> requests, streams, in_flight
 
-Adapted from shared/bench/mock_upstream.py (aiohttp, no access log, the open-file limit
-raised to its hard limit so thousands of connections are fine).
+aiohttp, no access log, the open-file limit raised to its hard limit so thousands of
+connections are fine.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Celery settings, loaded when the app is first configured (not at import of `tasks`).
 
-Late acks, reject on worker lost, prefetch 1 and time limits, as DESIGN.md asks; kombu's
+Late acks, reject on worker lost, prefetch 1 and time limits per task; kombu's
 ack emulation (and with it the visibility timeout) is off, because the job index and the
 reaper redeliver faster (see below and docs/architecture.md). Connection limits sized for
-gevent workers with a thousand jobs in flight (shared/bench/FINDINGS.md: kombu's default
+gevent workers with a thousand jobs in flight (docs/benchmarks.md: kombu's default
 of 10 fails under load).
 """
 
@@ -24,7 +24,7 @@ broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # kombu's ack emulation keeps every delivery in an "unacked" hash and index (a MULTI
-    # on delivery and another on ack: 14% of a worker's CPU in shared/bench/FINDINGS.md)
+    # on delivery and another on ack: 14% of a worker's CPU, docs/benchmarks.md)
     # and restores it only after a visibility timeout. Our own bookkeeping is faster and
     # already covers each case: a claimed job of a dead worker is requeued by the reaper
     # within ~3 heartbeats; a delivered but unclaimed one stays `queued` in the job index

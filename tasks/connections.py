@@ -1,7 +1,7 @@
 """Redis clients for the router's own keys, built once per process and reused.
 
 Blocking stream readers need `socket_timeout=None`: redis-py 8 defaults to 5 s, which
-would kill every `XREAD BLOCK` longer than that (see shared/bench/FINDINGS.md). They also
+would kill every `XREAD BLOCK` longer than that (docs/benchmarks.md). They also
 hold a connection each while they wait, so a pool must be as large as the requests one
 process can have waiting: redis-py 8 quietly caps a pool at 100 connections, which made an
 API worker answer 503 to its 101st concurrent request (bench/overhead.py, open loop).

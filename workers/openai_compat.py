@@ -6,7 +6,7 @@ backend of kind `openai-compatible`, spoken to over OpenAI's documented wire for
 
 The call is made by `workers.openai_http` (pooled urllib3, orjson) rather than the
 `openai` SDK, whose per-request machinery cost more CPU than all the rest of a provider
-worker (issue 7). Every upstream failure becomes a RouterError in one place,
+worker. Every upstream failure becomes a RouterError in one place,
 `upstream_error()`; the retry loop of `workers.upstream` may retry a request only until
 its first chunk has been yielded.
 """

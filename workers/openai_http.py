@@ -2,7 +2,7 @@
 
 The `openai` SDK costs a provider worker more than everything else it does per request:
 its request builder and transforms, httpx2's connection pool, a pydantic model per chunk
-(bench/overhead.py; profile in the issue 7 note). The chat call is one POST and a stream
+(bench/overhead.py; the profile is in docs/benchmarks.md). The chat call is one POST and a stream
 of server-sent events, so it is made here with urllib3 (pooled connections, per endpoint)
 and orjson, and its failures are raised as the few facts the worker's error table needs:
 
