@@ -18,6 +18,8 @@ from workers.local import (
     model_specs,
     pick_device,
 )
+from workers.local.engine import Finish
+from workers.local.sampling import Defaults
 from workers.local.text import Decoder
 from workers.protocol import ChatJob, Chunk, Done, Sampling
 
@@ -112,6 +114,49 @@ def test_penalties_and_top_p_are_accepted(backend: LocalModel) -> None:
         ),
     )
     assert done.usage.completion_tokens <= 10
+
+
+#: SmolLM2's recommended sampling with no guard against loops: at seed 22 the README
+#: example opens "L'Étoile, la Marseillaise, la femme, la femme, ..." and never stops
+UNGUARDED = Defaults(temperature=0.2, top_p=0.9, repetition_penalty=1.0, loop_window=0)
+LOOPING_SEED = 22
+
+
+def test_loop_guard_ends_a_loop_with_length_counting_the_tokens_made(
+    backend: LocalModel,
+) -> None:
+    plain = LocalModel(backend.loaded, capacity=1, defaults=UNGUARDED)
+    guarded = LocalModel(backend.loaded, 1, Defaults(0.2, 0.9, 1.0, loop_window=32))
+    looping = job(seed=LOOPING_SEED, max_tokens=100)
+    prompt = backend.prompt_ids(looping)
+    try:
+        full = list(plain.request(prompt, 100, looping.sampling))
+        cut = guarded.request(prompt, 100, looping.sampling)
+        made = list(cut)
+        text, done = run(guarded, looping)
+    finally:
+        plain.engine.close()
+        guarded.engine.close()
+    assert len(full) == 100 and cut.finish == Finish("length")
+    assert 32 <= len(made) < 100
+    assert made == full[: len(made)]  # the guard cuts the same draws short, nothing else
+    assert done.finish_reason == "length" and done.usage.completion_tokens == len(made)
+    assert text == backend.tokenizer.decode(made, skip_special_tokens=True)
+
+
+def test_explicit_sampling_gets_none_of_the_default_penalty_or_guard(
+    backend: LocalModel,
+) -> None:
+    plain = LocalModel(backend.loaded, capacity=1, defaults=UNGUARDED)
+    strict = LocalModel(backend.loaded, 1, Defaults(0.2, 0.9, 2.0, 8, loop_window=8))
+    prompt = "Repeat the word hello ten times."
+    try:
+        for sampling in ({"temperature": 0}, {"temperature": 0.8}, {"top_p": 0.9}):
+            asked = job(prompt, max_tokens=24, seed=3, **sampling)
+            assert run(strict, asked) == run(plain, asked)
+    finally:
+        plain.engine.close()
+        strict.engine.close()
 
 
 def test_prompt_over_the_context_window_is_rejected_before_generation(

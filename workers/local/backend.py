@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from workers.errors import ContextLengthExceeded, ServiceUnavailableError
 from workers.local.engine import BatchEngine, Request
 from workers.local.loading import Loaded, load, model_specs, pick_device
-from workers.local.sampling import Sampler
+from workers.local.sampling import Defaults
 from workers.local.text import Decoder, plain_message, reject_unsupported
 from workers.protocol import ChatJob, Chunk, Done, Sampling, Usage
 
@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_TOKENS = 512
-# When a request leaves them out: SmolLM2's recommended sampling. OpenAI's own default
-# (temperature 1) makes a 135M model ramble; Ollama likewise applies the model's defaults.
-DEFAULT_TEMPERATURE = 0.2
-DEFAULT_TOP_P = 0.9
 DEFAULT_BATCH = 8
 
 
@@ -59,8 +55,7 @@ class LocalModel:
         self,
         loaded: Loaded,
         capacity: int = DEFAULT_BATCH,
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_p: float = DEFAULT_TOP_P,
+        defaults: Defaults | None = None,
     ) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -70,7 +65,7 @@ class LocalModel:
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
-        self.defaults = (temperature, top_p)
+        self.defaults = defaults or Defaults()
         self.engine = BatchEngine(loaded.model, self.eos_ids, loaded.device, capacity)
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
@@ -83,7 +78,7 @@ class LocalModel:
 
     def request(self, prompt: list[int], budget: int, sampling: Sampling) -> Request:
         """Start generating; iterate the result for token ids."""
-        sampler = Sampler(sampling, self.vocab, *self.defaults)
+        sampler = self.defaults.sampler(sampling, self.vocab)
         return self.engine.submit(Request(prompt, budget, sampler))
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
@@ -137,19 +132,19 @@ class LocalBackend:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LocalBackend:
         """Load LOCAL_MODELS / LOCAL_MODEL (default: SmolLM2) on LOCAL_DEVICE at LOCAL_DTYPE,
-        with LOCAL_MAX_BATCH concurrent requests per model, and warm each one up."""
+        with LOCAL_MAX_BATCH concurrent requests per model and the LOCAL_* sampling defaults
+        (`Defaults.from_env`), and warm each one up."""
         cache = Path(env.get("ROUTER_MODEL_CACHE") or "~/.cache/inference-router").expanduser()
         device = pick_device(env.get("LOCAL_DEVICE", "auto"))
         precision = env.get("LOCAL_DTYPE", "auto")
         capacity = int(env.get("LOCAL_MAX_BATCH", DEFAULT_BATCH))
-        temperature = float(env.get("LOCAL_TEMPERATURE", DEFAULT_TEMPERATURE))
-        top_p = float(env.get("LOCAL_TOP_P", DEFAULT_TOP_P))
+        defaults = Defaults.from_env(env)
         models = {}
         for name, ref in model_specs(env):
 
             def prepare(name: str = name, ref: str = ref) -> LocalModel:
                 loaded = load(name, ref, device, precision, cache / "models")
-                model = LocalModel(loaded, capacity, temperature, top_p)
+                model = LocalModel(loaded, capacity, defaults)
                 model.warm_up()
                 return model
 

@@ -33,7 +33,9 @@ IDLE_WAIT = 0.5  # seconds the idle engine waits for work before looking again
 class Finish:
     """The end of a request's token stream: why, or the error that ended it."""
 
-    reason: str  # "stop" (end-of-sequence), "length" (budget), "cancelled" or "error"
+    # "stop" (end-of-sequence), "length" (budget, or the sampler's loop guard), "cancelled"
+    # or "error"
+    reason: str
     error: BaseException | None = None
 
 
@@ -255,8 +257,8 @@ class BatchEngine:
             row.request.tokens.put(token)
             if token in self.eos_ids:
                 self._end(row, Finish("stop"))
-            elif row.produced >= row.request.budget:
-                self._end(row, Finish("length"))
+            elif row.produced >= row.request.budget or row.request.sampler.looping:
+                self._end(row, Finish("length"))  # out of budget, or stuck in a loop
             else:
                 row.next_token = token
 
