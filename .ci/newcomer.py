@@ -352,7 +352,8 @@ def workspace(keep: bool) -> Iterator[Path]:
             print(f"kept {tmp}", flush=True)
         else:
             started = time.monotonic()
-            shutil.rmtree(tmp, ignore_errors=True)
+            # rm is several times faster than shutil.rmtree on a venv's many small files
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
             print(f"removed {tmp} in {time.monotonic() - started:.0f}s", flush=True)
 
 
