@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 import pytest
+import redis as redis_lib
 
 from tasks import keys
 from tasks.keys import JobStatus
@@ -78,9 +79,8 @@ def waiting(slow: Slow) -> int:
     return int(slow.stack.redis().zcard(keys.queued_key(QUEUE)))
 
 
-def job_of(slow: Slow, request_id: str) -> str | None:
+def job_of(r: redis_lib.Redis, request_id: str) -> str | None:
     """The job a request made (found by the request id it carries)."""
-    r = slow.stack.redis()
     for key in r.scan_iter(match="router:job:job_*", count=1000):
         if key.endswith(":events"):
             continue
@@ -88,10 +88,6 @@ def job_of(slow: Slow, request_id: str) -> str | None:
         if request and orjson.loads(request).get("request_id") == request_id:
             return key.removeprefix("router:job:")
     return None
-
-
-def status(slow: Slow, job_id: str) -> str:
-    return str(slow.stack.redis().hget(keys.job_key(job_id), "status"))
 
 
 def post(slow: Slow, payload: dict[str, object], **headers: str) -> tuple[int, dict, float]:
@@ -150,10 +146,10 @@ def test_a_request_that_could_not_finish_in_its_clients_time_is_refused(slow: Sl
 # -- departed clients -----------------------------------------------------------------------
 
 
-def raw_request(slow: Slow, payload: dict[str, object], request_id: str) -> socket.socket:
+def raw_request(api: str, payload: dict[str, object], request_id: str) -> socket.socket:
     """Send a request on a plain socket (so the test decides when to hang up)."""
     data = orjson.dumps(payload)
-    host, port = slow.api.removeprefix("http://").split(":")
+    host, port = api.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
@@ -170,13 +166,14 @@ def test_a_client_that_hangs_up_before_the_first_byte_cancels_its_job(
 ) -> None:
     slow.fake.latency = 20.0  # the upstream would keep the job busy for 20 s
     rid = f"hangup-{uuid.uuid4().hex[:8]}"
-    sock = raw_request(slow, body("wait for me", stream=stream), rid)
+    sock = raw_request(slow.api, body("wait for me", stream=stream), rid)
     wait_until(lambda: running(slow) == 1, 10, "the job running on the worker")
-    job_id = job_of(slow, rid)
-    assert job_id is not None and status(slow, job_id) == "running"
+    job_id = job_of(slow.stack.redis(), rid)
+    assert job_id is not None and status_of(slow.stack.redis(), job_id) == "running"
     sock.close()  # the client gives up before any byte came back
     gone = time.monotonic()
-    wait_until(lambda: status(slow, job_id) == JobStatus.CANCELLED, 5, "the cancelled job")
+    r = slow.stack.redis()
+    wait_until(lambda: status_of(r, job_id) == JobStatus.CANCELLED, 5, "the cancelled job")
     took = time.monotonic() - gone
     assert took < 1.0, f"cancelled {took:.2f}s after the client left"
     wait_until(lambda: running(slow) == 0, 5, "the worker's slot freed")
@@ -185,17 +182,42 @@ def test_a_client_that_hangs_up_before_the_first_byte_cancels_its_job(
 def test_a_client_that_hangs_up_mid_stream_cancels_its_job(slow: Slow) -> None:
     slow.fake.stream_closed.clear()
     rid = f"midstream-{uuid.uuid4().hex[:8]}"
-    sock = raw_request(slow, body(f"{SLOW} please", stream=True), rid)  # 1000 chunks, 20 ms
+    sock = raw_request(slow.api, body(f"{SLOW} please", stream=True), rid)  # 1000 chunks, 20 ms
     seen = b""
     while seen.count(b"tick") < 3:
         seen += sock.recv(4096)
-    job_id = job_of(slow, rid)
-    assert job_id is not None and status(slow, job_id) == "running"
+    job_id = job_of(slow.stack.redis(), rid)
+    assert job_id is not None and status_of(slow.stack.redis(), job_id) == "running"
     sock.close()
     gone = time.monotonic()
-    wait_until(lambda: status(slow, job_id) == JobStatus.CANCELLED, 5, "the cancelled job")
+    r = slow.stack.redis()
+    wait_until(lambda: status_of(r, job_id) == JobStatus.CANCELLED, 5, "the cancelled job")
     took = time.monotonic() - gone
     assert took < 1.0, f"cancelled {took:.2f}s after the client left"
     assert slow.fake.stream_closed.wait(5)  # the upstream request was closed too
     assert slow.fake.slow_served < 1000
     wait_until(lambda: running(slow) == 0, 5, "the worker's slot freed")
+
+
+def test_a_local_job_is_stopped_before_its_first_token(api_url: str, stack: Stack) -> None:
+    """A long prompt keeps the local model prefilling: the client that leaves meanwhile
+    cancels the job at once, not after the prefill and a first token."""
+    r = stack.redis()
+    rid = f"prefill-{uuid.uuid4().hex[:8]}"
+    prompt = "Summarise the following. " + "The quick brown fox jumps over the dog. " * 250
+    payload = {"model": "smollm2-135m", "messages": [{"role": "user", "content": prompt}]}
+    sock = raw_request(api_url, payload, rid)
+    wait_until(lambda: job_of(r, rid) is not None, 10, "the job")
+    job_id = job_of(r, rid)
+    assert job_id is not None
+    wait_until(lambda: status_of(r, job_id) == "running", 10, "the job claimed")
+    sock.close()
+    gone = time.monotonic()
+    wait_until(lambda: status_of(r, job_id) == JobStatus.CANCELLED, 5, "the cancelled job")
+    assert time.monotonic() - gone < 1.0
+    events = [f["type"] for _, f in r.xrange(keys.events_key(job_id))]
+    assert events == ["cancelled"]  # stopped before its first token
+
+
+def status_of(r: redis_lib.Redis, job_id: str) -> str:
+    return str(r.hget(keys.job_key(job_id), "status"))

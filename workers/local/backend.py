@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from workers.errors import ContextLengthExceeded, ServiceUnavailableError
-from workers.local.engine import BatchEngine, Request
+from workers.local.engine import BatchEngine, Finish, Request
 from workers.local.loading import Loaded, load, model_specs, pick_device
 from workers.local.sampling import Defaults
 from workers.local.text import Decoder, plain_message, reject_unsupported
@@ -67,6 +67,7 @@ class LocalModel:
         self.eos_ids = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
         self.defaults = defaults or Defaults()
         self.engine = BatchEngine(loaded.model, self.eos_ids, loaded.device, capacity)
+        self.requests: dict[str, Request] = {}  # running job id -> its request
 
     def prompt_ids(self, job: ChatJob) -> list[int]:
         """Apply the model's chat template to the job's messages."""
@@ -94,6 +95,7 @@ class LocalModel:
             )
         budget = min(job.sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
         request = self.request(prompt, budget, job.sampling)
+        self.requests[job.id] = request
         decoder = Decoder(self.tokenizer, job.sampling.stop)
         produced, stopped = 0, False
         try:
@@ -113,6 +115,17 @@ class LocalModel:
             yield Done(finish, Usage(len(prompt), produced))
         finally:
             BatchEngine.cancel(request)  # a no-op once finished; frees the slot otherwise
+            self.requests.pop(job.id, None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job of this model now, even before its first token (waiting for a slot or
+        prefilling): its stream ends at once and the engine drops the row at its next step."""
+        request = self.requests.get(job_id)
+        if request is None:
+            return False
+        BatchEngine.cancel(request)
+        request.tokens.put(Finish("cancelled"))  # wakes the job's thread, which then returns
+        return True
 
     def warm_up(self) -> None:
         """Two short generations side by side, so the first real requests pay no lazy
@@ -163,6 +176,10 @@ class LocalBackend:
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
         return self.model_for(job).stream(job)
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a running job at once (tasks.stopper); False if no model here runs it."""
+        return any(model.cancel(job_id) for model in self.models.values())
 
     def announce(self) -> dict[str, Any]:
         """What the heartbeat tells the cluster: models, device, precision, capacity, load."""
