@@ -90,7 +90,9 @@ def _run_jobs(
 
 def sigkill(jobs: int = 200, kill_every: float = 4.0, clients: int = 8) -> dict[str, Any]:
     """Streaming jobs across 2 local workers while one is killed and replaced repeatedly."""
-    with Stack(**FAST_HEARTBEAT, ROUTER_WORKER_WAIT="60") as stack:
+    # No admission control here: while a worker restarts, its jobs' waits would refuse new
+    # ones, and this scenario measures what happens to every job that was let in.
+    with Stack(**FAST_HEARTBEAT, ROUTER_WORKER_WAIT="60", ROUTER_QUEUE_TIMEOUT="0") as stack:
         pids = [stack.worker("local-mps", "-c", "4") for _ in range(2)]
         api = stack.api()
         c = client(api)

@@ -11,7 +11,9 @@
 A request is ok when it returns 200 with non-empty content (streaming: a content delta and
 `data: [DONE]`). Latency is over ok requests; in open loop it is measured from the
 *scheduled* send time, so a target that falls behind shows it (no coordinated omission).
-Adapted from shared/bench/load.py.
+Every request says how long the client waits (`x-request-timeout`, the --timeout), so a
+router can refuse at once what it could not answer in time; such refusals (429, 503) are
+counted apart from timeouts, with their own latency.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
+#: Statuses of requests refused for overload (fast, with Retry-After), not failed.
+REFUSED = ("429", "503")
+
+
 def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 3) if values else None
 
@@ -140,6 +146,11 @@ def summarize(args: argparse.Namespace, results: list[Result], t0: float) -> dic
         "throughput_rps": round(len(ok) / max(end - t0, 1e-9), 1),
         "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
     }
+    refused = [r.latency for r in results if r.status in REFUSED]
+    summary["refused_pct"] = round(100.0 * len(refused) / max(len(results), 1), 2)
+    summary["refused_ms"] = {"p50": pct(refused, 50), "p99": pct(refused, 99)}
+    timeouts = sum(1 for r in results if r.status == "timeout")
+    summary["timeout_pct"] = round(100.0 * timeouts / max(len(results), 1), 2)
     if args.rate:
         half = args.duration / 2
         steady = sum(1 for r in ok if t0 + half <= r.done_at <= t0 + args.duration)
@@ -158,7 +169,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     body = json.dumps(req).encode()
     limit = 0 if args.rate else max(args.concurrency, 1)  # 0: unlimited
     conn = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
-    headers = {"Authorization": "Bearer " + args.api_key, "Content-Type": "application/json"}
+    headers = {
+        "Authorization": "Bearer " + args.api_key,
+        "Content-Type": "application/json",
+        "x-request-timeout": f"{args.timeout:g}",  # the patience a router may plan with
+    }
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     async with aiohttp.ClientSession(connector=conn, headers=headers, timeout=timeout) as s:
         if args.warmup:

@@ -1,21 +1,26 @@
 """What the router itself costs: the same requests sent straight to a mock upstream and
-through the whole stack as `make run` starts it (API under gunicorn, `irouter providers`,
-Redis), and optionally through LiteLLM's proxy in front of the same mock. Columns run
-interleaved in one run (A B A B …, rotated each repetition); figures are medians of the
-repetitions, and "added" is the median of same-repetition differences from direct.
+through the whole stack exactly as `make run` starts it (API under gunicorn, `irouter
+providers`, Redis, and beside them an idle local worker with SmolLM2 loaded and `irouter
+flower`), next to the same stack while someone has Flower's dashboard open (task events
+on) and a stripped stack without Flower and the local worker; optionally through LiteLLM's
+proxy in front of the same mock. Columns run interleaved in one run (A B A B …, rotated
+each repetition); figures are medians of the repetitions, and "added" is the median of
+same-repetition differences from direct.
 
     .venv/bin/python bench/overhead.py [--reps 3] [--litellm-venv DIR] [--soak 600]
-        [--only 1,2,3,4,5] [--scale 1.0] [--compare GIT-REF] [--out results.json]
+        [--only 1,2,3,4,5] [--scale 1.0] [--rates 100,250,500] [--shipped-only]
+        [--compare GIT-REF] [--out results.json]
 
-Scenarios (issue 7): (1) sequential non-stream, latency 0, 16 tokens, 300 requests;
-(2) sequential stream, TTFT 20 ms, 64 tokens 5 ms apart, 200 requests; (3) open loop,
-latency 1.5 s, 16 tokens, 30 s at 100, 250 and 500 req/s; (4) closed loop, 64 clients,
-latency 0; (5) RSS of the API and worker processes at start, after (3), and through a
-soak at 100 req/s. `--scale` shrinks request counts and durations (for a quick look;
-the published figures use 1.0). The mock is registered as model `mock` on the `openai`
-backend (OPENAI_BASE_URL points the provider worker at it). `--compare REF` adds a column
-`router@REF`: a second stack running that commit's code (from a git worktree), so a change
-is measured against its parent in the same run, on the same noisy machine.
+Scenarios: (1) sequential non-stream, latency 0, 16 tokens, 300 requests; (2) sequential
+stream, TTFT 20 ms, 64 tokens 5 ms apart, 200 requests; (3) open loop, latency 1.5 s,
+16 tokens, 30 s at each rate, a 30 s client timeout (sent as `x-request-timeout`): ok %,
+goodput, latency, and the share refused at once (503) or timed out; (4) closed loop,
+64 clients, latency 0; (5) RSS of the API and provider worker at start, after (3), and
+through a soak at 100 req/s. `--scale` shrinks request counts and durations (for a quick
+look; the published figures use 1.0). The mock is registered as model `mock` on the
+`openai` backend (OPENAI_BASE_URL points the provider worker at it). `--compare REF` adds
+a column `router@REF`: a second stack running that commit's code (from a git worktree), so
+a change is measured against its parent in the same run, on the same noisy machine.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ FAST = {"latency_ms": 0, "tokens": 16, "interval_ms": 0}
 STREAM = {"latency_ms": 20, "tokens": 64, "interval_ms": 5}
 SLOW = {"latency_ms": 1500, "tokens": 16, "interval_ms": 0}
 KEY = "sk-bench"
+FLOWER_IDLE = 5.0  # seconds after the last look at Flower until task events go off
 
 
 # -- the processes --------------------------------------------------------------------------
@@ -72,15 +78,39 @@ def start_litellm(stack: Stack, venv: Path, mock: Mock) -> str:
     return url + "/v1"
 
 
-def start_router(stack: Stack, mock: Mock) -> tuple[str, list[int]]:
-    """Register the mock, start the provider worker and the API; (base url, their pids)."""
+def start_router(stack: Stack, mock: Mock, shipped: bool = True) -> tuple[str, list[int]]:
+    """Register the mock and start the stack: the provider worker and the API, and, as
+    `make run` ships it (`shipped`), an idle local worker with its model loaded and Flower
+    beside them; (base url, pids of the API and the provider worker)."""
     from registry.crud import add_model
     from registry.db import make_engine
 
     add_model(make_engine(stack.env["DATABASE_URL"]), "mock", "openai", context_window=32768)
     worker = stack.providers({"OPENAI_BASE_URL": mock.url + "/v1"})
     api = stack.api(2)
-    return api + "/v1", [worker, stack.procs[-1].pid]
+    pids = [worker, stack.procs[-1].pid]
+    if shipped:
+        stack.worker("local-mps", "-l", "info")  # as the Procfile's `worker`
+        stack.flower_url = stack.flower(FLOWER_IDLE)
+    return api + "/v1", pids
+
+
+class Watcher:
+    """Someone with Flower's dashboard open: it reloads `/workers?json=1` every second, as
+    the dashboard page does, which keeps the workers' task events on."""
+
+    def __init__(self, flower_url: str) -> None:
+        self.url, self._stop = flower_url + "/workers?json=1", threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(1.0):
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get(self.url)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def start_worktree(ref: str) -> Path:
@@ -175,13 +205,16 @@ def scenario_open(
         args = ("--rate", str(rate), "--duration", str(duration), "--timeout", "30")
         runs = interleaved(targets, reps, *args)
         out["runs"][rate] = runs
-        row = [f"{rate} req/s offered: ok %, req/s, p50/p99 (s)"]
+        row = [f"{rate} req/s offered: ok %, req/s, p50/p99 (s); refused %, timed out %"]
         for name in runs:
             ok = median(runs[name], "success_pct")
             rps = median(runs[name], "steady_rps")
             p50 = median(runs[name], "latency_ms.p50") / 1000
             p99 = median(runs[name], "latency_ms.p99") / 1000
-            row.append(f"{ok:.1f}%, {rps:.0f}, {p50:.2f}/{p99:.2f}")
+            refused = median(runs[name], "refused_pct")
+            timeouts = median(runs[name], "timeout_pct")
+            cell = f"{ok:.1f}%, {rps:.0f}, {p50:.2f}/{p99:.2f}; {refused:.1f}%, {timeouts:.1f}%"
+            row.append(cell)
         out["rows"].append(row)
     return out
 
@@ -243,6 +276,11 @@ def main() -> None:
     p.add_argument("--open-reps", type=int, default=0, help="repetitions of (3); 0: --reps")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--compare", default=None, help="a git ref to run beside this checkout")
+    p.add_argument(
+        "--shipped-only",
+        action="store_true",
+        help="only the stack as make run starts it (no Flower-watched and stripped columns)",
+    )
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",")}
     scale = args.scale
@@ -252,6 +290,12 @@ def main() -> None:
         mock = Mock(stack)
         router, pids = start_router(stack, mock)
         targets = {"direct": mock.url + "/v1", "router": router}
+        if not args.shipped_only:
+            watched = stacks.enter_context(Stack(OPENAI_API_KEY=KEY))
+            targets["router, Flower watched"] = start_router(watched, mock)[0]
+            stacks.callback(Watcher(watched.flower_url).stop)
+            bare = stacks.enter_context(Stack(OPENAI_API_KEY=KEY))
+            targets["router, no Flower or local worker"] = start_router(bare, mock, False)[0]
         if args.compare:
             tree = start_worktree(args.compare)
             stacks.callback(

@@ -35,6 +35,7 @@ class Stack:
         self.tmp = Path(tempfile.mkdtemp(prefix="irouter-bench-"))
         self.redis_url = f"redis://127.0.0.1:{free_port()}/0"
         self.api_url = ""
+        self.flower_url = ""
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
             "REDIS_URL": self.redis_url,
@@ -80,6 +81,17 @@ class Stack:
         )
         self._announced(proc, "providers")
         return proc.pid
+
+    def flower(self, events_idle: float = 60.0) -> str:
+        """Start `irouter flower` as the Procfile does, on a free port; its URL."""
+        port = free_port()
+        path = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
+        args = [str(BIN / "irouter"), "flower", "--port", str(port)]
+        args += ["--events-idle", f"{events_idle:g}"]
+        self.spawn("flower", args, {"PATH": path})
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _answers(url + "/healthcheck"), 60, "Flower")
+        return url
 
     def _announced(self, proc: subprocess.Popen[bytes], what: str) -> None:
         from tasks.liveness import Liveness
