@@ -46,7 +46,8 @@ class ClientWatch:
         self.cancel = cancel
         self.job_id: str | None = None
         self.gone = False
-        self._greenlet: Any = None
+        self._watcher: Any = None
+        self._sock: Any = None
 
     def attach(self, job_id: str) -> None:
         """The job now answering this request (after a fallback, the new one)."""
@@ -55,27 +56,37 @@ class ClientWatch:
             self.cancel(job_id)
 
     def start(self, sock: Any) -> None:
+        """Watch `sock` (a gevent socket) for readability: an io watcher on the hub, not a
+        greenlet, so that a request costs next to nothing until its client leaves."""
         import gevent
 
-        self._greenlet = gevent.spawn(self._watch, sock)
+        self._sock = sock
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+        self._watcher.start(self._readable)
 
     def stop(self) -> None:
         """The request is over: stop watching (before the connection serves another)."""
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
 
-    def _watch(self, sock: Any) -> None:
-        from gevent.socket import wait_read
-
+    def _readable(self) -> None:
+        """On the hub: peek without blocking; EOF or an error means the client is gone."""
         try:
-            wait_read(sock.fileno())
-            gone = sock.recv(1, socket.MSG_PEEK) == b""
+            gone = self._sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return  # woken for nothing: keep watching
         except OSError:
             gone = True
-        if not gone:
-            return  # the client sent more bytes (pipelining): it is still there
-        self.gone = True
+        self.stop()  # gone, or it sent more bytes (pipelining): nothing more to learn
+        if gone:
+            import gevent
+
+            self.gone = True
+            gevent.spawn(self._cancel)  # Redis calls may block: not on the hub
+
+    def _cancel(self) -> None:
         if self.job_id is not None:
             log.info("client went away; cancelling job %s", self.job_id)
             self.cancel(self.job_id)

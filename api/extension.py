@@ -109,7 +109,8 @@ class LiveWorkers:
         return alive
 
     def any_on_queue(self, queue: str) -> bool:
-        return self.liveness.live_counts([queue])[queue] > 0
+        """Whether a live worker serves `queue` (a positive answer trusted for `ttl` s)."""
+        return self.any_target("", queue, "")
 
     def counts(self, routes: Iterable[ModelRoute]) -> dict[str, int]:
         """Live workers per route id, in one round trip per kind of target."""
