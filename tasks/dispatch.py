@@ -4,8 +4,9 @@ The message is exactly what `send_task` would put on the Redis list (Celery's pr
 in kombu's Redis envelope, tested against kombu's own in tests/tasks/test_dispatch.py), so
 any `celery -A tasks worker -Q <queue>` runs it. Building it ourselves skips what kombu does
 on every publish (a producer and a Redis client per call, an exchange lookup): that was
-42% of the API's CPU in the first profile of the hot path (docs/benchmarks.md). The API pushes it in the same Lua call
-that creates the job (tasks/lua/create.lua), so a job never exists without its message.
+42% of the API's CPU in the first profile of the hot path (docs/benchmarks.md). The API
+pushes it in the same Lua call that creates the job (tasks/lua/create.lua), so a job never
+exists without its message.
 
 Only the id travels: the request stays in the job hash, out of the broker and Flower.
 """
