@@ -1,5 +1,6 @@
 """Local worker throughput: N concurrent streaming requests through the full stack (API ->
-queue -> batching worker -> stream) against the same model driven directly with
+queue -> batching worker -> stream, `irouter flower` idle beside it as `make run` starts it)
+against the same model driven directly with
 `model.generate`, one request at a time, in the same run.
 
     .venv/bin/python bench/local_throughput.py [--concurrency 8] [--tokens 128]
@@ -219,9 +220,10 @@ def main() -> None:
     conc = str(args.concurrency)
 
     fp32 = load("smollm2-135m", default_model_ref(), "cpu", "float32", CACHE)
-    with Stack(ROUTER_TASK_EVENTS="0", LOCAL_DTYPE="float32") as stack:
+    with Stack(LOCAL_DTYPE="float32") as stack:
         pid = stack.worker("local-mps", "-c", conc)
         client = OpenAI(base_url=stack.api() + "/v1", api_key="none", max_retries=0)
+        stack.flower()  # beside the stack, idle, as `make run` starts it
         stream_one(client, "Hi", 4)
         r = rounds(fp32, client, prompts, args.tokens, args.rounds)
         rss = [] if args.skip_rss else rss_over(pid, client, args.rss_requests)

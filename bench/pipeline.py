@@ -1,6 +1,7 @@
 """What the router costs on top of the model: the same local SmolLM2 request run directly
 in-process (baseline) and through the full stack (API under gunicorn -> Redis queue ->
-Celery worker -> Redis Stream -> SSE), interleaved A B A B in one run.
+Celery worker -> Redis Stream -> SSE, `irouter flower` idle beside it as `make run` starts
+it), interleaved A B A B in one run.
 
     .venv/bin/python bench/pipeline.py [--requests 40] [--rounds 3] [--max-tokens 8]
 
@@ -72,9 +73,10 @@ def main() -> None:
     args = parser.parse_args()
 
     backend = LocalBackend.from_env(os.environ)
-    with Stack(ROUTER_TASK_EVENTS="0") as stack:
+    with Stack() as stack:
         stack.worker("local-mps")
         client = OpenAI(base_url=stack.api() + "/v1", api_key="none", max_retries=0)
+        stack.flower()  # beside the stack, idle, as `make run` starts it
         routed(client, args.max_tokens), direct(backend, args.max_tokens)  # warm both
         rows: dict[str, list[float]] = {k: [] for k in ("dt", "dT", "rt", "rT", "at", "aT")}
         for _ in range(args.rounds):
