@@ -1,7 +1,7 @@
 """Local worker throughput: N concurrent streaming requests through the full stack (API ->
 queue -> batching worker -> stream, `irouter flower` idle beside it as `make run` starts it)
-against the same model driven directly with
-`model.generate`, one request at a time, in the same run.
+against the same model driven directly with `model.generate`, one request at a time, in
+the same run.
 
     .venv/bin/python bench/local_throughput.py [--concurrency 8] [--tokens 128]
         [--rss-requests 500] [--skip-precisions] [--skip-rss]
