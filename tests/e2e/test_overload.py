@@ -109,14 +109,21 @@ def test_requests_past_the_queue_limit_are_refused_at_once(slow: Slow) -> None:
         with lock:
             results.append(got)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(LIMIT + 10)]
-    for t in threads:
+    def upstream_calls() -> int:
+        return sum(slow.fake.authorizations.values())
+
+    before = upstream_calls()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(LIMIT + 12)]
+    for t in threads[:2]:  # fill the worker's two slots first, however slow it is to claim
+        t.start()
+    wait_until(lambda: upstream_calls() >= before + 2, 20, "both slots busy upstream")
+    for t in threads[2:]:  # then LIMIT more wait in the queue, the other 10 are refused
         t.start()
     for t in threads:
         t.join()
     ok = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] != 200]
-    # two run, LIMIT wait (a few more when a slot freed meanwhile), the rest are refused
+    # a few more than LIMIT may wait when a slot freed meanwhile
     assert len(ok) >= 2 + LIMIT and len(refused) >= 10 - 2
     for code, headers, took in refused:
         assert code == 503 and headers["body"]["error"]["code"] == "queue_full"
