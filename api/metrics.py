@@ -13,6 +13,8 @@ Redis says about queues, workers and circuits.
     router_live_workers{queue}                         gauge    workers with a live heartbeat
     router_circuit_open{backend}                       gauge    1 while the breaker is open
     router_redis_up                                    gauge    0: this scrape could not read Redis
+    router_redis_memory_used_bytes                     gauge    Redis' used_memory (INFO memory)
+    router_redis_memory_max_bytes                      gauge    Redis' maxmemory (0: no limit)
 
 `model` is the model asked for (aliases resolved; `unknown` if it is not in the registry),
 `backend` the one that answered, `status` the HTTP status as text (499: the client went
@@ -178,6 +180,17 @@ class ClusterCollector(Collector):
         for backend in reading.circuits:
             circuit.add_metric([backend], 1 if reading.circuit_open(backend) else 0)
         yield from (depth, live, circuit)
+        if reading.memory is not None:  # absent where Redis refuses INFO
+            used = GaugeMetricFamily(
+                "router_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)."
+            )
+            used.add_metric([], reading.memory.used)
+            most = GaugeMetricFamily(
+                "router_redis_memory_max_bytes",
+                "Redis maxmemory: past it Redis refuses writes (0: no limit).",
+            )
+            most.add_metric([], reading.memory.limit)
+            yield from (used, most)
 
 
 class _Forward(Collector):

@@ -1,4 +1,5 @@
-"""The request log, written off the request path, and `irouter log tail` to read it.
+"""The request log, written off the request path, kept for a retention period, and
+`irouter log tail` and `irouter log prune` to read and trim it.
 
 A request hands its finished entry to `RequestLogWriter.submit`, which never blocks: the
 entry goes on a bounded queue, or is dropped and counted when the queue is full (the
@@ -7,7 +8,13 @@ inserts them in batches, one transaction per batch, so SQLite sees a few writes 
 however many requests there are. Under gunicorn's gevent workers the thread is a greenlet:
 each batch holds the hub for one executemany.
 
+The same thread prunes: after a batch, at most once an hour (`PRUNE_INTERVAL`), it deletes
+the entries older than ROUTER_REQUEST_LOG_RETENTION days (default 30; 0 keeps them all),
+in transactions of a few thousand rows, a bounded number per pass: a large backlog (the
+first start after an upgrade) is caught up pass by pass, after the following batches.
+
     irouter log tail [-n N] [--follow] [--json]
+    irouter log prune [--older-than DAYS]
 """
 
 from __future__ import annotations
@@ -27,13 +34,25 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.metrics import record_log_drop
-from registry.requestlog import LogEntry, entries_after, recent_entries, write_entries
+from registry.requestlog import (
+    DEFAULT_RETENTION_DAYS,
+    PRUNE_BATCH,
+    LogEntry,
+    entries_after,
+    prune_entries,
+    recent_entries,
+    retention_cutoff,
+    write_entries,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUE = 10_000  # entries waiting for the database; more are dropped
 BATCH_SIZE = 500  # entries per INSERT transaction
 FLUSH_INTERVAL = 0.5  # seconds an entry may wait for companions before its batch is written
+PRUNE_INTERVAL = 3600.0  # seconds between one process's prunes of old entries
+PRUNE_BATCHES = 10  # DELETE transactions per prune; more left waits for the next batch
+RETENTION_SETTING = "ROUTER_REQUEST_LOG_RETENTION"
 
 
 class RequestLogWriter:
@@ -41,7 +60,9 @@ class RequestLogWriter:
 
     `submit` is the only method a request calls. `start` is implicit on the first submit
     (in the process that submits: safe across gunicorn's fork) unless `autostart=False`.
-    `close` writes what is queued and stops the thread.
+    `close` writes what is queued and stops the thread. After a batch the thread deletes
+    entries older than `retention_days` (0: never), at most every `prune_interval` seconds
+    and `prune_batches` transactions of `prune_batch` rows at a time.
     """
 
     def __init__(
@@ -52,9 +73,17 @@ class RequestLogWriter:
         batch_size: int = BATCH_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         autostart: bool = True,
+        retention_days: float = DEFAULT_RETENTION_DAYS,
+        prune_interval: float = PRUNE_INTERVAL,
+        prune_batch: int = PRUNE_BATCH,
+        prune_batches: int = PRUNE_BATCHES,
     ) -> None:
         self.engine, self.batch_size, self.flush_interval = engine, batch_size, flush_interval
         self.autostart = autostart
+        self.retention_days, self.prune_interval = retention_days, prune_interval
+        self.prune_batch, self.prune_batches = prune_batch, prune_batches
+        self.pruned = 0  # old entries deleted
+        self._next_prune = 0.0  # monotonic time of the next prune (0: after the first batch)
         self.queue: queue.Queue[LogEntry | None] = queue.Queue(maxsize=max_queue)
         self.written = 0  # entries stored
         self.dropped = 0  # entries refused because the queue was full
@@ -122,6 +151,29 @@ class RequestLogWriter:
                     break
                 batch.append(item)
             self._write(batch)
+            self._prune_if_due()
+
+    def _prune_if_due(self) -> None:
+        """Delete entries past the retention period, if this process's turn has come."""
+        now = time.monotonic()
+        if self.retention_days <= 0 or now < self._next_prune:
+            return
+        cutoff = retention_cutoff(self.retention_days)
+        try:
+            deleted = prune_entries(
+                self.engine, cutoff, batch=self.prune_batch, max_batches=self.prune_batches
+            )
+        except SQLAlchemyError as exc:
+            # A locked database: try again next interval; the log only grows meanwhile.
+            logger.warning("request log: old entries not pruned (%s)", exc)
+            deleted = 0
+        self.pruned += deleted
+        more = deleted >= self.prune_batch * self.prune_batches  # a backlog: go on soon
+        self._next_prune = time.monotonic() + (self.flush_interval if more else self.prune_interval)
+        if deleted:
+            logger.info(
+                "request log: pruned %d entries older than %g days", deleted, self.retention_days
+            )
 
     def _write(self, batch: list[LogEntry]) -> None:
         try:
@@ -145,6 +197,9 @@ def init_app(app: Flask) -> RequestLogWriter | None:
             app.extensions["router"].engine,
             max_queue=int(app.config.get("REQUEST_LOG_QUEUE", MAX_QUEUE)),
             batch_size=int(app.config.get("REQUEST_LOG_BATCH", BATCH_SIZE)),
+            retention_days=retention_days(
+                app.config.get("REQUEST_LOG_RETENTION", DEFAULT_RETENTION_DAYS)
+            ),
         )
         atexit.register(writer.close)
     app.extensions["requestlog"] = writer
@@ -153,6 +208,18 @@ def init_app(app: Flask) -> RequestLogWriter | None:
 
 def _on(value: Any) -> bool:
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def retention_days(value: Any) -> float:
+    """ROUTER_REQUEST_LOG_RETENTION as days (a number, 0: keep everything); anything else
+    stops the start with a message, rather than keep the log forever unnoticed."""
+    try:
+        days = float(str(value).strip())
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # also NaN
+        raise ValueError(f"{RETENTION_SETTING} must be a number of days (0: keep all): {value!r}")
+    return days
 
 
 # -- irouter log tail ---------------------------------------------------------------------
@@ -222,3 +289,38 @@ def tail(lines: int, follow: bool, as_json: bool, interval: float) -> None:
 def _last_id(engine: Engine) -> int:
     newest = recent_entries(engine, 1)
     return (newest[0].id or 0) if newest else 0
+
+
+# -- irouter log prune --------------------------------------------------------------------
+
+
+@log.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="DAYS",
+    help=f"Delete entries older than this many days [default: {RETENTION_SETTING}, "
+    f"else {DEFAULT_RETENTION_DAYS:g}].",
+)
+def prune(days: float | None) -> None:
+    """Delete the entries older than the retention period, now (the API also does it by
+    itself, hourly). SQLite reuses the freed space; the file does not shrink."""
+    from registry.db import database_url, init_db, make_engine
+
+    if days is None:
+        try:
+            days = retention_days(os.environ.get(RETENTION_SETTING, DEFAULT_RETENTION_DAYS))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        if days == 0:
+            click.echo(f"{RETENTION_SETTING}=0 keeps every entry: nothing pruned")
+            return
+    engine = make_engine(database_url(os.environ))
+    init_db(engine, os.environ, sync=False)
+    try:
+        deleted = prune_entries(engine, retention_cutoff(days))
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot prune the request log: {exc}") from None
+    click.echo(f"pruned {deleted} request-log entries older than {days:g} days")

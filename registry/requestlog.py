@@ -1,6 +1,8 @@
 """The request log: one row per finished chat completion (who, which model and backend,
 how it ended, how long it took, tokens and what they cost), written in batches by the API
-off the request path and read by `irouter log tail`.
+off the request path, read by `irouter log tail`, and kept for a retention period
+(`DEFAULT_RETENTION_DAYS` unless ROUTER_REQUEST_LOG_RETENTION says otherwise): the API's
+writer prunes older rows now and then, `irouter log prune` on demand.
 
 Callers get `LogEntry` (a frozen dataclass), never the table row. `RequestLog` joins
 `SQLModel.metadata` when this module is imported; `registry.models` imports it so that
@@ -9,14 +11,18 @@ Callers get `LogEntry` (a frozen dataclass), never the table row. `RequestLog` j
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, delete, insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
 PER_MILLION = 1_000_000  # registry prices are USD per 1M tokens
+DEFAULT_RETENTION_DAYS = 30.0  # ROUTER_REQUEST_LOG_RETENTION: days of entries kept (0: all)
+DAY = 86400.0
+PRUNE_BATCH = 2000  # rows per DELETE transaction: a concurrent writer waits for one at most
 
 
 class RequestLog(SQLModel, table=True):
@@ -106,3 +112,39 @@ def entries_after(engine: Engine, after_id: int, limit: int = 1000) -> list[LogE
             .limit(limit)
         )
         return [_entry(r) for r in session.exec(stmt).all()]
+
+
+def retention_cutoff(days: float, now: float | None = None) -> float:
+    """The epoch time before which entries are older than `days` days."""
+    return (time.time() if now is None else now) - days * DAY
+
+
+def prune_entries(
+    engine: Engine,
+    before: float,
+    *,
+    batch: int = PRUNE_BATCH,
+    max_batches: int | None = None,
+    pause: float = 0.0,
+) -> int:
+    """Delete the entries whose time is before `before` (epoch seconds), oldest first, `batch`
+    rows per transaction (through the time index) with `pause` seconds between them, so that
+    writers and readers get the database in between; at most `max_batches` transactions
+    (None: until none is left). Returns how many were deleted."""
+    doomed = (
+        select(RequestLog.id)
+        .where(col(RequestLog.time) < before)
+        .order_by(col(RequestLog.time))
+        .limit(batch)
+    )
+    stmt = delete(RequestLog).where(col(RequestLog.id).in_(doomed))
+    deleted, done = 0, 0
+    while max_batches is None or done < max_batches:
+        if done:
+            time.sleep(pause)  # under gevent, lets the hub serve requests in between
+        with engine.begin() as conn:
+            count = conn.execute(stmt).rowcount
+        deleted, done = deleted + count, done + 1
+        if count < batch:
+            break
+    return deleted

@@ -4,7 +4,9 @@
 -- KEYS[1] job hash, KEYS[2] events stream, KEYS[3] worker's job set, KEYS[4] API processes
 -- ARGV[1] attempt carried by the message, ARGV[2] worker id, ARGV[3] job ttl, ARGV[4] job id,
 -- ARGV[5] key prefix (the backlog index is <prefix>:queue:<queue>:queued)
--- Returns {'ok', request json, token id base (ms)} or {reason}.
+-- Returns {'ok', request json, token id base (ms)} or {reason}. A job cancelled here loses its
+-- request body; the `restart` event's stream expires with the job hash, as every stream write
+-- does (a stream that no attempt finishes would otherwise never expire).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {'finished'} end
@@ -25,6 +27,7 @@ else
   end
 end
 if reason then
+  redis.call('HDEL', KEYS[1], 'request')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel', '1', 'finished', now)
   redis.call('XADD', KEYS[2], '*', 'type', 'cancelled')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -34,6 +37,9 @@ end
 local base = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(ARGV[1]) > 1 then
   local id = redis.call('XADD', KEYS[2], '*', 'type', 'restart', 'attempt', ARGV[1])
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 0 then left = tonumber(ARGV[3]) * 1000 end
+  redis.call('PEXPIRE', KEYS[2], left)
   base = tonumber(string.match(id, '^(%d+)'))
 end
 -- token ids are base+1-seq: above this attempt's restart, below nothing a later attempt writes

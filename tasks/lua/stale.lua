@@ -2,7 +2,8 @@
 -- was lost (a worker that had reserved it died; the broker connection dropped while it was
 -- in flight). Returns them flat (job id, queue, attempt) to be published again, and moves
 -- them to the back of their index. Entries of jobs no longer queued are dropped; a
--- synchronous job whose API process (its owner) is gone is cancelled, never published again.
+-- synchronous job whose API process (its owner) is gone is cancelled, never published again,
+-- and loses its request body (nothing reads it after the end).
 -- KEYS[1] API processes zset, KEYS[2..] backlog indexes of the queues to look at
 -- ARGV[1] key prefix, ARGV[2] age (s), ARGV[3] most per pass, ARGV[4] job ttl (s)
 local t = redis.call('TIME')
@@ -22,6 +23,7 @@ for i = 2, #KEYS do
       redis.call('ZREM', KEYS[i], j)
     elseif owner and (not alive or tonumber(alive) < now) then
       redis.call('ZREM', KEYS[i], j)
+      redis.call('HDEL', h, 'request')
       redis.call('HSET', h, 'status', 'cancelled', 'cancel', '1', 'finished', stamp)
       redis.call('XADD', h .. ':events', '*', 'type', 'cancelled')
       redis.call('EXPIRE', h, ARGV[4])

@@ -23,7 +23,16 @@ from api import create_app, logging_json
 from api import requestlog as api_requestlog
 from api.requestlog import RequestLogWriter, log
 from registry.db import init_db, make_engine
-from registry.requestlog import LogEntry, RequestLog, cost_usd, recent_entries, write_entries
+from registry.requestlog import (
+    DAY,
+    DEFAULT_RETENTION_DAYS,
+    LogEntry,
+    RequestLog,
+    cost_usd,
+    prune_entries,
+    recent_entries,
+    write_entries,
+)
 from tasks.metrics import (
     JsonFormatter,
     bind_log_context,
@@ -196,6 +205,97 @@ def test_log_tail_follow_prints_new_entries(engine: Engine, db_url: str) -> None
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- retention ----------------------------------------------------------------------------
+
+
+def aged(n: int, days: float, **kw: object) -> LogEntry:
+    """Entry `n`, finished `days` days ago."""
+    return entry(n, time=time.time() - days * DAY, **kw)
+
+
+def stored_ids(engine: Engine) -> list[str]:
+    return [e.request_id for e in recent_entries(engine, 10_000)]
+
+
+def test_prune_deletes_only_entries_older_than_the_cutoff(engine: Engine) -> None:
+    write_entries(engine, [aged(n, 39.5 - n) for n in range(12)])  # 39.5 to 28.5 days old
+    cutoff = time.time() - 30 * DAY
+    assert prune_entries(engine, cutoff, batch=4, max_batches=2) == 8  # two transactions
+    assert stored_ids(engine)[0] == "req_0008"
+    assert prune_entries(engine, cutoff, batch=4) == 2  # the rest, oldest first
+    assert stored_ids(engine) == ["req_0010", "req_0011"]
+    assert prune_entries(engine, cutoff) == 0
+
+
+def test_the_writer_prunes_old_entries_by_itself(engine: Engine) -> None:
+    write_entries(engine, [aged(n, 45) for n in range(3)] + [aged(3, 10)])
+    writer = RequestLogWriter(engine, flush_interval=0.01, retention_days=30)
+    writer.submit(entry(4))
+    writer.close()
+    assert stored_ids(engine) == ["req_0003", "req_0004"] and writer.pruned == 3
+    keep_all = RequestLogWriter(engine, flush_interval=0.01, retention_days=0)
+    write_entries(engine, [aged(5, 400)])
+    keep_all.submit(entry(6))
+    keep_all.close()
+    assert "req_0005" in stored_ids(engine) and keep_all.pruned == 0
+
+
+def test_the_writer_prunes_once_an_interval_and_catches_up_a_backlog(engine: Engine) -> None:
+    write_entries(engine, [aged(n, 60) for n in range(25)])
+    writer = RequestLogWriter(
+        engine, flush_interval=0.01, autostart=False, prune_batch=5, prune_batches=2
+    )
+
+    def one_batch(n: int) -> None:
+        """One entry, written as its own batch (with the prune after it, when due)."""
+        time.sleep(0.05)  # past the flush interval: a backlog's next pass is due
+        writer.submit(entry(n))
+        writer.start()
+        writer.close()
+
+    one_batch(100)
+    assert writer.pruned == 10  # a pass is bounded: two transactions of five
+    one_batch(101)  # a backlog is left: the next batch goes on with it
+    one_batch(102)
+    assert writer.pruned == 25 and len(stored_ids(engine)) == 3
+    write_entries(engine, [aged(200, 60)])
+    one_batch(103)  # nothing was left last time: not again before the interval is over
+    assert writer.pruned == 25 and "req_0200" in stored_ids(engine)
+    writer.prune_interval, writer._next_prune = 0.0, 0.0
+    one_batch(104)
+    assert writer.pruned == 26 and "req_0200" not in stored_ids(engine)
+
+
+def test_the_retention_comes_from_router_request_log_retention(tmp_path: Path, db_url: str) -> None:
+    config = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "DATABASE_URL": db_url}
+    default = api_requestlog.init_app(create_app(config))
+    assert default is not None and default.retention_days == DEFAULT_RETENTION_DAYS == 30
+    week = api_requestlog.init_app(create_app({**config, "REQUEST_LOG_RETENTION": 7}))
+    assert week is not None and week.retention_days == 7
+    assert api_requestlog.retention_days("0") == 0 and api_requestlog.retention_days(" 1.5") == 1.5
+    for bad in ("30d", "-1", "nan"):
+        with pytest.raises(ValueError, match="ROUTER_REQUEST_LOG_RETENTION"):
+            api_requestlog.init_app(create_app({**config, "REQUEST_LOG_RETENTION": bad}))
+
+
+def test_log_prune_deletes_what_is_past_the_retention(engine: Engine, db_url: str) -> None:
+    write_entries(engine, [aged(1, 90), aged(2, 40), aged(3, 20), aged(4, 6), entry(5)])
+    runner = CliRunner()
+    env = {"DATABASE_URL": db_url, "ROUTER_REQUEST_LOG_RETENTION": None}
+    out = runner.invoke(log, ["prune"], env=env)  # the default: 30 days
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == "pruned 2 request-log entries older than 30 days"
+    out = runner.invoke(log, ["prune"], env={**env, "ROUTER_REQUEST_LOG_RETENTION": "10"})
+    assert "pruned 1 " in out.output and stored_ids(engine) == ["req_0004", "req_0005"]
+    out = runner.invoke(log, ["prune", "--older-than", "0.5"], env=env)
+    assert "pruned 1 " in out.output and stored_ids(engine) == ["req_0005"]
+    off = runner.invoke(log, ["prune"], env={**env, "ROUTER_REQUEST_LOG_RETENTION": "0"})
+    assert off.exit_code == 0 and "nothing pruned" in off.output
+    assert stored_ids(engine) == ["req_0005"]
+    refused = runner.invoke(log, ["prune", "--older-than", "0"], env=env)
+    assert refused.exit_code == 2 and "--older-than" in refused.output
 
 
 # -- JSON log lines -----------------------------------------------------------------------

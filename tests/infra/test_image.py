@@ -74,7 +74,7 @@ def test_build_context_keeps_what_the_dockerfile_copies() -> None:
     ]
     copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE, flags=re.M)
     sources = [src for line in copied for src in line.split()]
-    assert set(sources) == {"pyproject.toml", "README.md", *PACKAGES}
+    assert set(sources) == {"pyproject.toml", "README.md", "constraints.txt", *PACKAGES}
     for src in sources:
         assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), src
     for secret in (".env", ".venv", ".git"):

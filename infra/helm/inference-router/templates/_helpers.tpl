@@ -121,6 +121,18 @@ A value kept in the chart's Secret: the one given, else the one the Secret alrea
       key: ROUTER_ADMIN_KEY
 - name: ROUTER_FORWARD_HEADERS
   value: {{ .Values.llmd.forwardHeaders | quote }}
+{{- /* bound to 0.0.0.0: any Host name, unless api.allowedHosts narrows it (plus localhost,
+the name the probes send) */}}
+- name: ROUTER_HOST
+  value: "0.0.0.0"
+{{- with .Values.api.allowedHosts }}
+- name: ROUTER_ALLOWED_HOSTS
+  value: {{ append . "localhost" | uniq | join "," | quote }}
+{{- end }}
+{{- with .Values.api.allowedOrigins }}
+- name: ROUTER_ALLOWED_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- $vars := include "inference-router.keyVars" . | fromYaml }}
 {{- range .Values.providers.enabled }}
 {{- if or (not (hasKey $vars .)) (eq . "llm-d") }}
