@@ -263,7 +263,8 @@ class Answer:
 
     def _decide(self) -> None:
         body, last = self.body, self.messages[-1]
-        tools = body.get("tools") or []
+        # custom tools (`type: custom`) are accepted and never called: this fake calls functions
+        tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
         if self.magic == BLOCK:
             self.finish = "content_filter"
         elif tools and body.get("tool_choice") != "none" and last.get("role") != "tool":
