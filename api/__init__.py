@@ -15,24 +15,35 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask, Response, g, request
 
-from api import errors, logging_json, metrics, requestlog
+from api import errors, guard, logging_json, metrics, requestlog
 from api.blueprints import admin, health, jobs, openai, ui, ws
 from api.blueprints import metrics as metrics_bp
+from api.blueprints import openapi as openapi_bp
 from api.config import defaults
 from api.extension import Router
 from api.serving import ChatService
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+#: Settings taken from ROUTER_* exactly as written: from_prefixed_env JSON-decodes values,
+#: which would turn an admin key of `0` or `false` into a falsy one (loopback-only /admin).
+RAW_SETTINGS = ("ADMIN_KEY", "HOST", "ALLOWED_HOSTS", "ALLOWED_ORIGINS")
+ADMIN_KEY_MIN = 16  # characters; a shorter ROUTER_ADMIN_KEY stops the API from starting
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Defaults, then ROUTER_* environment variables (and a .env file), then `config`."""
+    """Defaults, then ROUTER_* environment variables (and a .env file; RAW_SETTINGS as
+    written), then `config`. An admin key shorter than ADMIN_KEY_MIN stops it here."""
     load_dotenv(override=False)
     app = Flask(__name__)
-    app.config.from_mapping(defaults(os.environ))
+    base = defaults(os.environ)
+    app.config.from_mapping(base)
     app.config.from_prefixed_env("ROUTER")
+    app.config.update(raw_settings(os.environ, base))
     if config:
         app.config.update(config)
+    check_admin_key(app.config.get("ADMIN_KEY"))
+    app.config["SOCK_SERVER_OPTIONS"] = ws.server_options(app.config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     router = Router(app.config, os.environ)
@@ -40,14 +51,38 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["chat"] = ChatService(router)
 
     errors.init_app(app)
-    for bp in (openai.bp, jobs.bp, ws.bp, admin.bp, health.bp, metrics_bp.bp, ui.bp):
+    for bp in (openai.bp, jobs.bp, ws.bp, admin.bp, health.bp, metrics_bp.bp, ui.bp, openapi_bp.bp):
         app.register_blueprint(bp)
     app.before_request(_assign_request_id)
     logging_json.init_app(app)  # after _assign_request_id: binds g.request_id
+    guard.init_app(app)  # Host, Origin, Content-Type: before any route, with a request id
     metrics.init_app(app)
     requestlog.init_app(app)
     app.after_request(_tag_response)
     return app
+
+
+def raw_settings(env: Mapping[str, str], base: Mapping[str, Any]) -> dict[str, Any]:
+    """RAW_SETTINGS as their ROUTER_* variables spell them; an empty one is unset (compose
+    passes `ROUTER_ADMIN_KEY=` when .env leaves it blank)."""
+    found: dict[str, Any] = {}
+    for name in RAW_SETTINGS:
+        value = env.get(f"ROUTER_{name}")
+        if value is not None:
+            found[name] = value or base[name]
+    return found
+
+
+def check_admin_key(key: object) -> None:
+    """Refuse to start with an admin key anyone could guess; none at all is fine."""
+    if key is None or key == "":
+        return
+    if not isinstance(key, str) or len(key) < ADMIN_KEY_MIN:
+        raise ValueError(
+            f"ROUTER_ADMIN_KEY must be a string of at least {ADMIN_KEY_MIN} characters "
+            "(e.g. `openssl rand -hex 24`); leave it unset to serve /admin to loopback "
+            "clients only."
+        )
 
 
 def _assign_request_id() -> None:

@@ -22,7 +22,8 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "IDEMPOTENCY_TTL": 86400,
         "REGISTRY_TTL": 1.0,  # registry changes are seen within this many seconds
         "KEEPALIVE": 15.0,  # SSE comment / WebSocket ping interval while idle
-        "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bigger bodies get 413
+        # bigger bodies get 413 (so do bodies too large for every enabled model: api/http.py)
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
         # client request headers passed on to backends that forward them (llm-d routing:
         # session affinity); comma-separated, case-insensitive
         "FORWARD_HEADERS": "x-session-token",
@@ -42,4 +43,14 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "REQUEST_LOG": True,  # write each completion to the registry's request log
         "REQUEST_LOG_QUEUE": 10000,  # entries waiting for the writer; more are dropped
         "REQUEST_LOG_BATCH": 500,
+        # where the API binds (ROUTER_HOST, as the Procfile uses it): bound to loopback, it
+        # answers only to the loopback names unless ALLOWED_HOSTS says otherwise
+        "HOST": "127.0.0.1",
+        # Host names the API answers to (comma list, `*`: any, `.example.com`: a domain and
+        # its subdomains); unset: localhost, 127.0.0.1, [::1] on loopback, any elsewhere
+        "ALLOWED_HOSTS": None,
+        # origins, besides the router's own, whose pages may open WebSockets and POST
+        # (comma list of scheme://host[:port], `*`: any)
+        "ALLOWED_ORIGINS": None,
+        "WS_IDLE_TIMEOUT": 300.0,  # /v1/ws closes after this many seconds without a request
     }

@@ -47,11 +47,14 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(info)
 
 
+def redis_unavailable() -> ServiceUnavailableError:
+    """What a client is told when Redis fails, before a response started or during one."""
+    return ServiceUnavailableError("The job queue is unavailable; retry shortly.", retry_after=1)
+
+
 def _redis_down(exc: Exception) -> Response:
     log.warning("redis unavailable: %s", exc)
-    return _router_error(
-        ServiceUnavailableError("The job queue is unavailable; retry shortly.", retry_after=1)
-    )
+    return _router_error(redis_unavailable())
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -130,7 +130,11 @@ class Router:
     def __init__(self, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
         self.config = config
         self.redis = redis_client(config["REDIS_URL"])
-        self.jobs = JobStore(self.redis, job_ttl=int(config["JOB_TTL"]))
+        self.jobs = JobStore(
+            self.redis,
+            job_ttl=int(config["JOB_TTL"]),
+            idempotency_ttl=int(config["IDEMPOTENCY_TTL"]),
+        )
         self.liveness = Liveness(self.redis)
         self.live = LiveWorkers(self.liveness)
         self.engine = make_engine(config["DATABASE_URL"])

@@ -8,13 +8,21 @@ import orjson
 from flask import Response, current_app, request
 
 from api.client import Client, patience, watch_client
+from api.schemas import BYTES_PER_TOKEN
 from api.serving import ChatService, Submitted
-from workers.errors import InvalidRequestError
+from workers.errors import InvalidRequestError, RequestTooLargeError
 
 
 def json_body() -> Any:
-    """The request body as JSON; 400 if it is not JSON, 413 (raised by werkzeug) if too big."""
+    """A chat request body as JSON. 413 when the body is larger than MAX_CONTENT_LENGTH
+    (raised by werkzeug) or than any enabled model could read: more than BYTES_PER_TOKEN
+    bytes per token of the largest context window (checked on Content-Length before the
+    body is read). 400 if it is not JSON."""
+    routes = chat_service().router.registry.get().models()
+    limit = max((r.context_window for r in routes), default=0) * BYTES_PER_TOKEN
+    _check_size(request.content_length, limit)
     raw = request.get_data(cache=True)
+    _check_size(len(raw), limit)  # a chunked body has no Content-Length
     if not raw:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
@@ -23,6 +31,14 @@ def json_body() -> Any:
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request ({exc.msg} at position {exc.pos})."
         ) from None
+
+
+def _check_size(size: int | None, limit: int) -> None:
+    if limit and size is not None and size > limit:
+        raise RequestTooLargeError(
+            f"The request body is {size} bytes, more than any model here can read: the "
+            f"largest context window is {limit // BYTES_PER_TOKEN} tokens, about {limit} bytes."
+        )
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,21 +1,31 @@
 """Event streams rendered for clients: OpenAI `chat.completion.chunk` SSE, the jobs API's
 own SSE (`id:` per event, for Last-Event-ID resume) and WebSocket messages.
+
+Every stream ends with exactly one terminal event: the job's own (`done`, `error`,
+`cancelled`) or, when reading the job failed after the response started (Redis went away,
+an unexpected error), an OpenAI error in the stream's format. None ends silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
 
 import orjson
+import redis
 
+from api.errors import redis_unavailable
 from api.schemas import chunk_body, usage_chunk_body
 from api.serving import ChatService, Started, Submitted, completion_id, raise_for_final
 from tasks.events import StreamEvent
 from tasks.keys import Event
 from workers.errors import RouterError, UpstreamError
+
+log = logging.getLogger(__name__)
 
 DONE_LINE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from closing an idle stream
@@ -31,6 +41,26 @@ def paced(events: Iterable[StreamEvent | None], interval: float) -> Iterator[Str
         elif time.monotonic() - quiet_since >= interval:
             quiet_since = time.monotonic()
             yield None
+
+
+def stream_failure(exc: Exception) -> RouterError:
+    """The error a started stream ends with when reading its job raised `exc`: a RouterError
+    as it is, Redis unreachable or failing as 503 (as before a stream starts), anything else
+    as 500, logged with its traceback."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, redis.RedisError):
+        log.warning("stream ended by a Redis error: %r", exc)
+        return redis_unavailable()
+    log.error("stream ended by an unexpected error", exc_info=exc)
+    return RouterError("The server had an error while processing your request.")
+
+
+def cancel_quietly(service: ChatService, job_id: str) -> None:
+    """Cancel a job whose reader is going away; if Redis is what failed, the cancel may
+    fail too, and the job then ends at its deadline."""
+    with contextlib.suppress(redis.RedisError):
+        service.router.jobs.cancel(job_id)
 
 
 def sse_data(body: Any) -> bytes:
@@ -136,23 +166,28 @@ def _chat_sse(
             else:
                 finished = True
                 raise_for_final(event)
-    except RouterError as exc:
+        raise RouterError("The job's event stream ended without a result.")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the stream's error chunk
         finished = True
-        service.router.jobs.cancel(sub.job_id)
-        yield sse_data(exc.info().body())
+        cancel_quietly(service, sub.job_id)
+        yield sse_data(stream_failure(exc).info().body())
     finally:
         if not finished:  # the client went away mid-stream: stop the generation
-            service.router.jobs.cancel(sub.job_id)
+            cancel_quietly(service, sub.job_id)
 
 
 def job_sse(
     service: ChatService, job_id: str, queue: str, deadline: float, after: str, keepalive: float
 ) -> Iterator[bytes]:
-    """GET /v1/jobs/{id}/events: replay from `after`, then live, one frame per event."""
+    """GET /v1/jobs/{id}/events: replay from `after`, then live, one frame per event, to
+    the job's terminal event or an `event: error` frame."""
     yield b"retry: 1000\n\n"
     try:
         events = service.events(job_id, queue, deadline, after, owner=False)
         for event in paced(events, keepalive):
             yield KEEPALIVE if event is None else sse_event(event)
-    except RouterError as exc:
-        yield b"event: error\n" + sse_data(exc.info().body())
+            if event is not None and event.type.terminal:
+                return
+        raise RouterError("The job's event stream ended without a result.")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the stream's error frame
+        yield b"event: error\n" + sse_data(stream_failure(exc).info().body())

@@ -95,9 +95,12 @@ def body_digest(body: bytes) -> str:
 class JobStore:
     """Jobs in Redis, for the API (create, cancel, read) and the worker (claim, finish)."""
 
-    def __init__(self, client: redis.Redis, *, job_ttl: int = 3600) -> None:
+    def __init__(
+        self, client: redis.Redis, *, job_ttl: int = 3600, idempotency_ttl: int = 86400
+    ) -> None:
         self.redis = client
         self.job_ttl = job_ttl
+        self.idempotency_ttl = max(int(idempotency_ttl), 1)  # seconds an Idempotency-Key lasts
         self._create = client.register_script(lua("create"))
         self._claim = client.register_script(lua("claim"))
         self._cancel = client.register_script(lua("cancel"))
@@ -113,7 +116,6 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         digest: str = "",
-        idempotency_ttl: int = 86400,
         message: bytes | None = None,
         owner: str | None = None,
         limit: int = 0,
@@ -143,7 +145,7 @@ class JobStore:
         idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
         res = self._create(
             keys=[keys.job_key(job.id), idem, keys.queued_key(queue), queue if message else ""],
-            args=[max(lifetime, 1), idempotency_ttl, digest, message or b"", limit, *flat],
+            args=[max(lifetime, 1), self.idempotency_ttl, digest, message or b"", limit, *flat],
         )
         if res[0] == "full":
             raise QueueFull(int(res[1]))
@@ -191,8 +193,10 @@ class JobStore:
         return JobRecord.decode(h), transcript
 
     def read(self, job_id: str, after: str, block_ms: int) -> list[StreamEvent]:
-        """Events after entry id `after`, waiting up to `block_ms` for the first one."""
-        res: Any = self.redis.xread({keys.events_key(job_id): after}, block=block_ms, count=1024)
+        """Events after entry id `after`, waiting up to `block_ms` for the first one. Never
+        less than 1 ms: to Redis, `XREAD BLOCK 0` means wait forever."""
+        block = max(int(block_ms), 1)
+        res: Any = self.redis.xread({keys.events_key(job_id): after}, block=block, count=1024)
         if not res:
             return []
         return [StreamEvent.decode(i, f) for i, f in res[0][1]]

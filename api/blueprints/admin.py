@@ -1,5 +1,7 @@
 """Operator endpoints. With ROUTER_ADMIN_KEY set they need `Authorization: Bearer <key>`;
-without it they answer loopback clients only, so a fresh install is not open to the LAN."""
+without it they answer loopback clients only, so a fresh install is not open to the LAN, and
+refuse any request a proxy forwarded: behind a reverse proxy on the same machine every
+client's connection comes from loopback."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from workers.errors import AuthenticationError, PermissionDeniedError
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+#: Headers a proxy adds with the client it forwards for; the connection is the proxy's own.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 @bp.before_request
@@ -26,6 +30,11 @@ def _guard() -> None:
         if request.remote_addr not in LOOPBACK:
             raise PermissionDeniedError(
                 "Admin endpoints answer only local clients unless ROUTER_ADMIN_KEY is set."
+            )
+        if any(name in request.headers for name in PROXY_HEADERS):
+            raise PermissionDeniedError(
+                "Admin endpoints refuse proxied requests unless ROUTER_ADMIN_KEY is set: "
+                "behind a proxy, every client looks local."
             )
         return
     given = request.headers.get("Authorization", "")

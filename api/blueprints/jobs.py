@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.extension import router
 from api.http import chat_service, json_body, json_response, route_headers
+from api.identifiers import event_id, event_order, job_id_of
 from api.schemas import completion_body, parse_chat_request
 from api.serving import completion_id
 from api.streaming import job_sse
@@ -20,11 +21,6 @@ from workers.errors import ConflictError, InvalidRequestError, NotFoundError
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 CANCEL_WAIT = 5.0  # seconds DELETE waits for a running job's worker to stop
-
-
-def job_id_of(raw: str) -> str:
-    """Accept the job id or the `chatcmpl-` id of its completion."""
-    return "job_" + raw.removeprefix("chatcmpl-") if raw.startswith("chatcmpl-") else raw
 
 
 def job_body(rec: JobRecord, transcript: Transcript) -> dict[str, object]:
@@ -83,9 +79,10 @@ def create_job() -> Response:
             digest=body_digest(request.get_data()),
             headers=request.headers.items(),
         )
-    except IdempotencyConflict as exc:
+    except IdempotencyConflict:
         raise ConflictError(
-            f"Idempotency-Key was already used for job {exc} with a different body.",
+            "Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
             code="idempotency_key_reused",
         ) from None
     rec, transcript = _snapshot(sub.job_id)
@@ -121,10 +118,15 @@ def cancel_job(job_id: str) -> Response:
 @bp.get("/<job_id>/events")
 def job_events(job_id: str) -> Response:
     """SSE replay from the start (or after Last-Event-ID), then live, to the terminal event."""
-    rec, _ = _snapshot(job_id)
-    after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
-    if not _valid_entry_id(after):
-        raise InvalidRequestError(f"Invalid Last-Event-ID `{after}`.", param="Last-Event-ID")
+    header = request.headers.get("Last-Event-ID")
+    if header:
+        after = event_id(header)
+    else:
+        after = event_id(request.args.get("last_event_id") or "0-0", param="last_event_id")
+    rec, transcript = _snapshot(job_id)
+    if transcript.final is not None and event_order(after) >= event_order(transcript.final.id):
+        # the client has the terminal event: 204 tells EventSource to stop reconnecting
+        return Response(status=204)
     keepalive = float(current_app.config["KEEPALIVE"])
     body = job_sse(chat_service(), rec.id, rec.queue, rec.deadline, after, keepalive)
     return Response(
@@ -132,8 +134,3 @@ def job_events(job_id: str) -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _valid_entry_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (seq == "" or seq.isdigit())

@@ -12,7 +12,7 @@ from workers.protocol import ChatJob
 def test_follower_of_a_queued_job_waits_for_the_deadline_not_the_worker_wait(app, client) -> None:
     store: JobStore = app.extensions["router"].jobs
     job = ChatJob(
-        id="job_follow",
+        id="job_f0110e",
         model="m",
         backend="b",
         kind="local",
@@ -22,9 +22,9 @@ def test_follower_of_a_queued_job_waits_for_the_deadline_not_the_worker_wait(app
     )
     store.create(job, "queue-without-workers")
     started = time.monotonic()
-    body = client.get("/v1/jobs/job_follow/events").get_data(as_text=True)
+    body = client.get("/v1/jobs/job_f0110e/events").get_data(as_text=True)
     waited = time.monotonic() - started
     assert waited >= 2.5  # WORKER_WAIT is 1 s: a follower does not give up then
     assert "event: error" in body and '"code":"timeout"' in body
-    rec = store.record("job_follow")
+    rec = store.record("job_f0110e")
     assert rec is not None and rec.status is JobStatus.CANCELLED  # expired at its deadline

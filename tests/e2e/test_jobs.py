@@ -4,7 +4,6 @@ through the real API, queue and model."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 
 import httpx
@@ -13,6 +12,7 @@ from simple_websocket import Client as WsClient
 from simple_websocket import ConnectionClosed
 
 from tasks import keys
+from tests.wsread import first_message
 
 LONG = {
     "model": "smollm2-135m",
@@ -228,26 +228,6 @@ def test_websocket_follows_an_existing_job(http: httpx.Client, api_url: str) -> 
     assert text == http.get(f"/v1/jobs/{job_id}").json()["text"]
 
 
-def first_ws_message(api_url: str, path: str) -> dict:
-    """The first message on a WebSocket, read with wsproto directly: simple-websocket's
-    client loses frames that arrive in the same segment as the handshake response, which
-    is what a server answering at once (and closing) produces."""
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import Request, TextMessage
-
-    host, port = api_url.removeprefix("http://").split(":")
-    ws = WSConnection(ConnectionType.CLIENT)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(ws.send(Request(host=host, target=path)))
-        while True:
-            data = sock.recv(65536)
-            ws.receive_data(data or None)
-            for event in ws.events():
-                if isinstance(event, TextMessage):
-                    return orjson.loads(event.data)
-            assert data, "the server closed without a message"
-
-
 def test_websocket_unknown_job_gets_an_error(api_url: str) -> None:
-    message = first_ws_message(api_url, "/v1/jobs/job_missing/ws")
+    message = first_message(api_url, "/v1/jobs/job_missing/ws")
     assert message["type"] == "error" and message["error"]["code"] == "job_not_found"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 
 import pytest
 
 from tasks import keys
-from tasks.events import StreamEvent, token_fields
+from tasks.events import StreamEvent, done_fields, token_fields
 from tasks.jobs import IdempotencyConflict, JobStore, QueueFull
 from tasks.keys import Event, JobStatus
 from tasks.liveness import Liveness
+from tasks.publisher import EventPublisher
+from workers.protocol import ChatJob, Done, Usage
 
 
 def events(r, job_id: str = "job_1") -> list[StreamEvent]:
@@ -187,3 +191,140 @@ def test_a_worker_learns_which_running_jobs_to_stop(r, make_job) -> None:
     assert sorted(store.stops("w1", running)) == ["job_a", "job_b", "job_d"]
     assert store.record("job_a").cancel_requested and not store.record("job_c").cancel_requested
     assert store.stops("w2", ["job_c"]) == ["job_c"]  # not w2's attempt: stop it
+
+
+# -- what an ended job keeps in Redis ------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def with_body(job: ChatJob, size: int) -> ChatJob:
+    """`job` with a user message of `size` bytes: a large request body."""
+    return dataclasses.replace(job, messages=[{"role": "user", "content": "x" * size}])
+
+
+def requeue(r, job_id: str, attempt: int) -> None:
+    """The reaper's move: the job queued again as `attempt` (its worker died)."""
+    r.hset(keys.job_key(job_id), mapping={"attempt": str(attempt), "status": "queued"})
+
+
+def end_by_finish(r, store: JobStore, lv: Liveness) -> None:
+    store.claim("job_1", 1, "w1")
+    assert finish(store, "job_1", 1, "w1", "succeeded") == 1
+
+
+def end_by_cancel_while_queued(r, store: JobStore, lv: Liveness) -> None:
+    assert store.cancel("job_1") is JobStatus.CANCELLED
+
+
+def end_by_claim_after_cancel(r, store: JobStore, lv: Liveness) -> None:
+    store.claim("job_1", 1, "w1")
+    assert store.cancel("job_1") is JobStatus.RUNNING  # flagged; then its worker dies
+    requeue(r, "job_1", 2)
+    assert store.claim("job_1", 2, "w2").outcome == "cancelled"
+
+
+def end_by_claim_of_an_orphan(r, store: JobStore, lv: Liveness) -> None:
+    r.hset(keys.job_key("job_1"), "owner", "api-gone")  # an API process that never beat
+    assert store.claim("job_1", 1, "w1").outcome == "orphaned"
+
+
+def end_as_a_lost_orphan(r, store: JobStore, lv: Liveness, job_id: str = "job_1") -> None:
+    r.hset(keys.job_key(job_id), "owner", "api-gone")
+    r.zadd(keys.queued_key("q"), {job_id: 1})  # queued long ago, its message lost
+    assert lv.lost_deliveries(["q"], older_than=60, job_ttl=60) == []
+
+
+ENDINGS: dict[str, Callable[..., None]] = {
+    "finish.lua": end_by_finish,
+    "cancel.lua, queued": end_by_cancel_while_queued,
+    "claim.lua, cancelled": end_by_claim_after_cancel,
+    "claim.lua, orphaned": end_by_claim_of_an_orphan,
+    "stale.lua, orphaned": end_as_a_lost_orphan,
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_a_job_that_ends_keeps_no_request_body(r, make_job, ending: str) -> None:
+    """Every script that ends a job drops the request: nothing reads it after the end, and
+    it would otherwise stay for the job's whole TTL (an hour by default)."""
+    store, lv = JobStore(r, job_ttl=60), Liveness(r)
+    store.create(with_body(make_job(), MIB), "q")
+    job = keys.job_key("job_1")
+    assert r.memory_usage(job, samples=0) > MIB
+    ENDINGS[ending](r, store, lv)
+    rec = store.record("job_1")
+    assert rec is not None and rec.status.terminal and rec.finished and rec.model == "m"
+    assert not r.hexists(job, "request")
+    assert r.memory_usage(job, samples=0) < 4096
+    assert 0 < r.ttl(job) <= 60 and 0 < r.ttl(keys.events_key("job_1")) <= 60
+
+
+def test_a_running_job_keeps_its_request_until_it_ends(r, make_job) -> None:
+    """A cancel of a running job only flags it: the hash keeps what its worker may still
+    need until the worker (or the claim after a redelivery) ends it."""
+    store = JobStore(r)
+    store.create(make_job(), "q")
+    store.claim("job_1", 1, "w1")
+    assert store.cancel("job_1") is JobStatus.RUNNING
+    assert r.hexists(keys.job_key("job_1"), "request")
+
+
+def test_posted_then_cancelled_large_bodies_are_not_kept(r, make_job) -> None:
+    """Ten POST-then-DELETE rounds of an 8 MiB body left 80 MiB in Redis for an hour."""
+    store = JobStore(r)
+    for i in range(10):
+        job_id = f"job_{i}"
+        store.create(with_body(make_job(job_id), 8 * MIB), "q")
+        assert store.cancel(job_id) is JobStatus.CANCELLED
+    kept = sum(r.memory_usage(k, samples=0) or 0 for k in r.scan_iter("router:job:*"))
+    assert kept < 64 * 1024, f"{kept / MIB:.1f} MiB kept by 10 cancelled jobs"
+
+
+def test_a_restart_event_expires_with_its_job(r, make_job) -> None:
+    """A redelivered job whose first attempt wrote nothing gets its stream from the restart
+    event: that stream expires with the job hash, even if no attempt ever finishes."""
+    store = JobStore(r, job_ttl=60)
+    store.create(make_job(), "q")
+    store.claim("job_1", 1, "w1")  # its worker dies before the first token
+    requeue(r, "job_1", 2)
+    assert store.claim("job_1", 2, "w2").outcome == "ok"
+    assert [e.type for e in events(r)] == [Event.RESTART]
+    left = r.pttl(keys.job_key("job_1"))
+    assert 0 < r.pttl(keys.events_key("job_1")) <= left
+
+
+def test_every_job_key_expires_whatever_happened_to_the_job(r, make_job) -> None:
+    """The invariant behind the tests above: after any mix of tokens, restarts, cancels and
+    ends, no key of any job is left without a TTL."""
+    store, lv = JobStore(r, job_ttl=60), Liveness(r)
+    publisher = EventPublisher(r)
+    lifetime = 120
+    for job_id in ("job_done", "job_twice", "job_gone", "job_queued", "job_dropped"):
+        store.create(make_job(job_id), "q")
+    # tokens as a worker writes them: the first one of an attempt sets the stream's TTL
+    first = store.claim("job_done", 1, "w1")
+    for seq, text in enumerate(("a", "b")):
+        expire = lifetime if seq == 0 else 0
+        publisher.token("job_done", f"{first.token_base}-{seq}", token_fields(seq, text), expire)
+    k = [keys.job_key("job_done"), keys.events_key("job_done"), keys.worker_jobs_key("w1")]
+    args = ["1", "w1", "succeeded", "60", "job_done"]
+    args += [x for kv in done_fields(Done("stop", Usage(1, 2))).items() for x in kv]
+    assert publisher.finish("job_done", k, args, timeout=10)
+    # redelivered twice, dying before any token each time; still running at the end
+    store.claim("job_twice", 1, "w1")
+    for attempt in (2, 3):
+        requeue(r, "job_twice", attempt)
+        assert store.claim("job_twice", attempt, f"w{attempt}").outcome == "ok"
+    # redelivered, then cancelled while running, then redelivered again
+    store.claim("job_gone", 1, "w1")
+    requeue(r, "job_gone", 2)
+    store.claim("job_gone", 2, "w2")
+    store.cancel("job_gone")
+    requeue(r, "job_gone", 3)
+    assert store.claim("job_gone", 3, "w3").outcome == "cancelled"
+    store.cancel("job_queued")
+    end_as_a_lost_orphan(r, store, lv, "job_dropped")
+    found = list(r.scan_iter("router:job:*"))
+    assert len(found) == 10  # five hashes, five streams
+    assert {k: r.ttl(k) for k in found if r.ttl(k) <= 0} == {}
