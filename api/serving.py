@@ -16,6 +16,7 @@ from itertools import chain
 from api.client import Client
 from api.extension import Router
 from api.routing import UNBOUNDED, Budget, Candidate, Refusal, queue_full
+from api.routing import chain as fallback_chain
 from api.schemas import ChatCompletionRequest, completion_body
 from registry.queries import ModelRoute
 from tasks.dispatch import task_message
@@ -31,6 +32,7 @@ from workers.errors import (
     ServiceUnavailableError,
 )
 from workers.protocol import ChatJob
+from workers.providers import pass_through
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,19 @@ class ChatService:
         found = {k.lower(): v for k, v in (headers or ()) if k.lower() in self.forward}
         return dict(sorted(found.items()))
 
+    def checked_model(self, req: ChatCompletionRequest, cand: Candidate | None) -> ModelRoute:
+        """The model the request names, once the checks that need it passed, before any
+        wait for a worker: text that cannot fit the model nor any fallback is a 400
+        context_length_exceeded, more tokens than the model's cap a 400 (docs/api.md)."""
+        snapshot = self.router.registry.get()
+        if cand is None:
+            asked = self.resolve(req.model)
+        else:  # a deployment or fallback chosen by the caller: the checks stay the model's
+            asked = snapshot.resolve(req.model) or cand.route
+        req.check_fits(max(r.context_window for r in fallback_chain(asked, snapshot)))
+        req.check_max_tokens(asked.max_tokens)
+        return asked
+
     def submit(
         self,
         req: ChatCompletionRequest,
@@ -172,10 +187,17 @@ class ChatService:
         """Pick a deployment (unless given), store the job and put it on that queue. With
         a `client` (a synchronous request) the job is owned by this API process and
         cancelled when the client hangs up; without one it is durable (`POST /v1/jobs`).
-        A backlog at QUEUE_LIMIT is a 503, or QueueFull when the caller chose `cand`."""
+        A backlog at QUEUE_LIMIT is a 503, or QueueFull when the caller chose `cand`.
+        The job gets the model's max_tokens rule and only the request fields its backend
+        may be passed (workers/providers.json); see docs/api.md."""
         given = cand is not None
-        cand = cand or self.pick(self.resolve(req.model), budget=self.budget(client))
+        asked = self.checked_model(req, cand)
+        cand = cand or self.pick(asked, budget=self.budget(client))
         route, t = cand.route, cand.target
+        # the cap is also the default, unless it is the whole context window (discovered
+        # models): sent, it would leave the prompt no room
+        default = route.max_tokens if route.max_tokens < route.context_window else None
+        sampling = req.sampling(route.max_tokens, default)
         now = time.time()
         job = ChatJob(
             id=new_job_id(),
@@ -184,8 +206,8 @@ class ChatService:
             kind=t.kind,
             upstream_model=t.upstream,
             messages=req.messages_as_dicts(),
-            sampling=req.sampling(),
-            extra=req.extra(),
+            sampling=sampling,
+            extra={k: v for k, v in req.extra().items() if k in pass_through(t.backend, t.kind)},
             base_url=t.base_url,
             api_key_env=t.api_key_env,
             headers=self.forwarded(headers),

@@ -6,8 +6,10 @@ import time
 
 import pytest
 
+from api.schemas import parse_chat_request
 from registry.crud import add_backend, add_model
 
+JSON = "application/json"
 GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 
@@ -22,14 +24,14 @@ def error_of(resp, status: int) -> dict:
 
 
 def test_malformed_json_is_400(client) -> None:
-    err = error_of(client.post("/v1/chat/completions", data=b"{not json"), 400)
+    err = error_of(client.post("/v1/chat/completions", data=b"{not json", content_type=JSON), 400)
     assert err["type"] == "invalid_request_error"
     assert "JSON" in err["message"]
 
 
 def test_empty_body_and_non_object_are_400(client) -> None:
-    error_of(client.post("/v1/chat/completions", data=b""), 400)
-    error_of(client.post("/v1/chat/completions", data=b"[1, 2]"), 400)
+    error_of(client.post("/v1/chat/completions", data=b"", content_type=JSON), 400)
+    error_of(client.post("/v1/chat/completions", data=b"[1, 2]", content_type=JSON), 400)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,99 @@ def test_invalid_fields_are_400_with_param(client, patch: dict, param: str) -> N
     err = error_of(client.post("/v1/chat/completions", json=body), 400)
     assert err["type"] == "invalid_request_error"
     assert err["param"] == param
+
+
+@pytest.fixture(scope="module")
+def unserved(engine) -> str:
+    """A model on an OpenAI-compatible backend no worker serves: a request that got past
+    validation would wait for a worker and get 503, so a 400 proves it was refused first."""
+    add_backend(engine, "boundary-nowhere", "openai-compatible", queue="boundary-nowhere")
+    add_model(engine, "boundary-model", "boundary-nowhere", upstream="x")
+    return "boundary-model"
+
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def user(*parts: object) -> dict:
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+def after_user(message: dict) -> dict:
+    return {"messages": [{"role": "user", "content": "Hi"}, message]}
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        (user({"type": "text", "text": 5}), "messages.[0].content.[0].text"),
+        (user({"type": "text"}), "messages.[0].content.[0].text"),
+        (user({"text": "no type"}), "messages.[0].content.[0].type"),
+        (user({"type": "video", "video": {}}), "messages.[0].content.[0].type"),
+        (user({"type": "image_url", "image_url": {}}), "messages.[0].content.[0].image_url.url"),
+        (user({"type": "image_url", "image_url": "u"}), "messages.[0].content.[0].image_url"),
+        (
+            user({"type": "image_url", "image_url": {"url": "u", "detail": "ultra"}}),
+            "messages.[0].content.[0].image_url.detail",
+        ),
+        (
+            user({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "ogg"}}),
+            "messages.[0].content.[0].input_audio.format",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "refusal", "refusal": "x"}]}]},
+            "messages.[0].content.[0].type",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "text", "text": 5}]}]},
+            "messages.[0].content.[0].text",
+        ),
+        (after_user({"role": "assistant", "tool_calls": ["x"]}), "messages.[1].tool_calls.[0]"),
+        (
+            after_user({"role": "assistant", "tool_calls": [{**CALL, "id": None}]}),
+            "messages.[1].tool_calls.[0].id",
+        ),
+        (
+            after_user({"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f"}}]}),
+            "messages.[1].tool_calls.[0].function.arguments",
+        ),
+        (after_user({"role": "tool", "content": "{}"}), "messages.[1].tool_call_id"),
+        ({"tools": ["x"]}, "tools.[0]"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools.[0].function.name"),
+        ({"tools": [{"type": "retrieval"}]}, "tools.[0].type"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {}}}, "tool_choice.function.name"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": "x"}},
+            "response_format.json_schema",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"stop": ["ok", 1]}, "stop.[1]"),
+        ({"stop": 5}, "stop"),
+        ({"temperature": 1e-300}, "temperature"),
+        ({"seed": 2**63}, "seed"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"50256": 500}}, "logit_bias.50256"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+    ],
+)
+def test_shapes_workers_rely_on_are_400_before_any_worker(
+    client, unserved: str, patch: dict, param: str
+) -> None:
+    body = {**GOOD, "model": unserved, **patch}
+    err = error_of(client.post("/v1/jobs", json=body), 400)
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    assert f"'{param}'" in err["message"]
+
+
+@pytest.mark.parametrize("temperature", [0, 0.001, 1, 2])
+def test_temperature_zero_or_from_a_thousandth_to_two_is_accepted(temperature: float) -> None:
+    assert parse_chat_request({**GOOD, "temperature": temperature}).temperature == temperature
 
 
 def test_unknown_model_is_404_model_not_found(client) -> None:
@@ -142,7 +237,7 @@ def test_admin_requires_the_bearer_key_when_set(app, client) -> None:
 
 def test_service_keeps_serving_after_bad_requests(client) -> None:
     for _ in range(3):
-        client.post("/v1/chat/completions", data=b"\xff\xfe garbage")
+        client.post("/v1/chat/completions", data=b"\xff\xfe garbage", content_type=JSON)
     ok = client.post("/v1/chat/completions", json=GOOD)
     assert ok.status_code == 200
     assert ok.get_json()["object"] == "chat.completion"

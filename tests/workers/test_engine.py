@@ -1,5 +1,5 @@
 """The batch engine on the real model: batched output equals solo output, cancelled rows
-free their slot, and a broken request fails alone."""
+free their slot, and a broken request (its prefill, its sampling) fails alone."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from workers.local import LocalBackend, LocalModel
 from workers.local.engine import Finish, Request
@@ -101,3 +102,48 @@ def test_a_request_that_breaks_prefill_fails_alone(model: LocalModel) -> None:
         list(broken)
     assert list(healthy)  # the running row carried on to its end
     assert healthy.finish in (Finish("length"), Finish("stop"))
+
+
+class BreaksAfter(Sampler):
+    """A sampler that raises on its `n`-th token, as a row with a sampling bug would."""
+
+    def __init__(self, n: int, vocab: int) -> None:
+        super().__init__(Sampling(temperature=0), vocab, 0.0, 1.0)
+        self.left = n
+
+    def next(self, logits: torch.Tensor) -> int:
+        self.left -= 1
+        if self.left == 0:
+            raise RuntimeError("this row cannot be sampled")
+        return super().next(logits)
+
+
+def beside_a_greedy_row(model: LocalModel, other: Request) -> list[int]:
+    """Submit `other` while a greedy row is running; the greedy row's whole output."""
+    healthy = model.request(ids(model, "Write a poem about the sea."), 24, Sampling(temperature=0))
+    tokens = [next(iter(healthy))]
+    model.engine.submit(other)
+    tokens += list(healthy)
+    assert healthy.finish in (Finish("length"), Finish("stop"))
+    return tokens
+
+
+@pytest.mark.parametrize("n", [1, 3])  # its first token (at prefill) or a later one
+def test_a_row_whose_sampler_raises_fails_alone(model: LocalModel, n: int) -> None:
+    solo = generate(model, "Write a poem about the sea.", Sampling(temperature=0))
+    broken = Request(ids(model, "Who wrote Hamlet?"), 24, BreaksAfter(n, model.vocab))
+    assert beside_a_greedy_row(model, broken) == solo
+    with pytest.raises(RuntimeError, match="cannot be sampled"):
+        list(broken)
+    assert broken.finish is not None and broken.finish.reason == "error"
+
+
+def test_a_temperature_too_small_to_divide_by_answers_greedily_beside_a_greedy_row(
+    model: LocalModel,
+) -> None:
+    """temperature=1e-300 overflowed the logits, and torch.multinomial raised for the batch."""
+    solo = generate(model, "Write a poem about the sea.", Sampling(temperature=0))
+    prompt = ids(model, "Who wrote Hamlet?")
+    tiny = Request(prompt, 24, Sampler(Sampling(temperature=1e-300), model.vocab, 0.2, 0.9))
+    assert beside_a_greedy_row(model, tiny) == solo
+    assert list(tiny) == list(model.request(prompt, 24, Sampling(temperature=0)))

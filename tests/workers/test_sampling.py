@@ -139,3 +139,38 @@ def test_defaults_come_from_the_environment() -> None:
     assert Defaults.from_env(env) == Defaults(0.5, 0.8, 1.3, 32, 0)
     assert Defaults.from_env({}) == Defaults()
     assert Defaults() == Defaults(0.2, 0.5, 1.1, 64, 64)  # bench/local_defaults.py "new"
+
+
+# -- rows that cannot be sampled ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_a_temperature_that_overflows_the_logits_falls_back_to_argmax(top_p: float) -> None:
+    """1e-300 turns every logit into +-inf (NaN after softmax): argmax, not an exception."""
+    sampler = Sampler(Sampling(temperature=1e-300, top_p=top_p, seed=1), VOCAB, 1.0, 1.0)
+    assert [sampler.next(logits(t3=2.0, t4=1.5)) for _ in range(5)] == [3] * 5
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (logits(t2=float("nan"), t5=3.0), 5),  # NaN never wins
+        (logits(t6=float("inf"), t5=3.0), 6),  # +inf does
+        (torch.full((VOCAB,), float("nan")), 0),  # nothing to choose: still a token
+    ],
+)
+@pytest.mark.parametrize("temperature", [0, 0.7])
+def test_non_finite_logits_give_the_argmax_of_the_rest(
+    row: torch.Tensor, expected: int, temperature: float
+) -> None:
+    sampler = Sampler(Sampling(temperature=temperature, seed=1), VOCAB, 1.0, 1.0)
+    assert sampler.next(row) == expected
+
+
+def test_masked_out_tokens_leave_the_others_sampled() -> None:
+    """-inf for a token is a mask, not a fault: the rest is still sampled, never the masked."""
+    row = torch.zeros(VOCAB)
+    row[:5] = float("-inf")
+    sampler = Sampler(Sampling(temperature=1.0, seed=2), VOCAB, 1.0, 1.0)
+    picks = {sampler.next(row) for _ in range(200)}
+    assert picks == set(range(5, VOCAB))

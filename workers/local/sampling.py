@@ -141,10 +141,7 @@ class Sampler:
             logits = logits - n * self.frequency - (n > 0).float() * self.presence
         if self.repetition != 1.0 and self.recent:
             logits = self._penalize(logits)
-        if self.temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            token = self._sample(logits / self.temperature)
+        token = self._pick(logits)
         if self.counts is not None and token < self.counts.shape[0]:
             self.counts[token] += 1
         if self.repetition != 1.0:
@@ -162,6 +159,16 @@ class Sampler:
         logits = logits.clone()
         logits[ids] = torch.where(seen > 0, seen / self.repetition, seen * self.repetition)
         return logits
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        """Sample at the temperature, or take the argmax: for temperature 0, and whenever the
+        scaled row has no finite maximum (a NaN or +inf from the model, or a division that
+        overflowed), where softmax would give NaN and torch.multinomial would raise."""
+        if self.temperature > 0:
+            scaled = logits / self.temperature
+            if bool(torch.isfinite(scaled.max())):
+                return self._sample(scaled)
+        return int(torch.argmax(torch.nan_to_num(logits, nan=-torch.inf)))
 
     def _sample(self, logits: torch.Tensor) -> int:
         probs = torch.softmax(logits, dim=-1)
