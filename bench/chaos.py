@@ -1,6 +1,9 @@
 """Fault injection with figures: every failure should end in a fast answer.
 
-    .venv/bin/python bench/chaos.py [--only NAME] [--jobs N]
+    .venv/bin/python bench/chaos.py [--only NAME] [--jobs N] [--root CHECKOUT]
+
+`--root` runs the stack's processes from another checkout (a worktree of an older commit,
+to show what a change fixed); this script and the venv stay this checkout's.
 
 Scenarios, each on its own throwaway stack (AOF Redis, API under gunicorn, real workers;
 provider upstreams are the test suite's fakes of the OpenAI API):
@@ -12,10 +15,17 @@ provider upstreams are the test suite's fakes of the OpenAI API):
                   model asked directly
     redis-restart jobs submitted through POST /v1/jobs while Redis restarts; none accepted
                   may be lost; the 503 window is reported
+    redis-restarts the same, Redis restarted 10 times, jobs flowing to a gevent provider
+                  worker and a threads local worker; no worker may be restarted, none may
+                  end stuck; how soon each queue is consumed again after each restart
+    consumer-stall a gevent provider worker's consumer stranded in its read while Redis
+                  answers the rest: its restart by the worker's consumer watch, no job lost
     slow-backend  one model on a slow and a fast deployment; share of requests each gets
                   under least-loaded, with priority as the baseline
 
-tests/chaos/ runs the same scenarios, smaller, and asserts what must always hold.
+The Redis scenarios (redis-restart, redis-restarts, consumer-stall) live in
+bench/chaos_redis.py. tests/chaos/ runs the same scenarios, smaller, and asserts what
+must always hold.
 """
 
 from __future__ import annotations
@@ -37,15 +47,13 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stack import Stack, free_port
+from bench import chaos_base
+from bench.chaos_base import FAST_HEARTBEAT, provider_stack
+from bench.chaos_redis import consumer_stall, redis_restart
+from bench.stack import ROOT, Stack, free_port
 from tests.fakes.openai_api import start_openai_fake
 from tests.fakes.server import Reply
 
-FAST_HEARTBEAT = {
-    "ROUTER_HEARTBEAT_INTERVAL": "0.5",
-    "ROUTER_TASK_EVENTS": "0",
-    "ROUTER_REDELIVER_AFTER": "5",
-}
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "Say hello.", "2+2="]
 
 
@@ -92,7 +100,9 @@ def sigkill(jobs: int = 200, kill_every: float = 4.0, clients: int = 8) -> dict[
     """Streaming jobs across 2 local workers while one is killed and replaced repeatedly."""
     # No admission control here: while a worker restarts, its jobs' waits would refuse new
     # ones, and this scenario measures what happens to every job that was let in.
-    with Stack(**FAST_HEARTBEAT, ROUTER_WORKER_WAIT="60", ROUTER_QUEUE_TIMEOUT="0") as stack:
+    with Stack(
+        chaos_base.STACK_ROOT, **FAST_HEARTBEAT, ROUTER_WORKER_WAIT="60", ROUTER_QUEUE_TIMEOUT="0"
+    ) as stack:
         pids = [stack.worker("local-mps", "-c", "4") for _ in range(2)]
         api = stack.api()
         c = client(api)
@@ -128,17 +138,6 @@ def sigkill(jobs: int = 200, kill_every: float = 4.0, clients: int = 8) -> dict[
 
 
 # -- primary down ---------------------------------------------------------------------------
-def _provider_stack(**env: str) -> Stack:
-    return Stack(
-        **FAST_HEARTBEAT,
-        OPENAI_API_KEY="set",
-        XAI_API_KEY="set",
-        ROUTER_WORKER_WAIT="5",
-        ROUTER_REGISTRY_TTL="0.2",
-        **env,
-    )
-
-
 def _ask(c: openai.OpenAI, model: str) -> tuple[str, str, float]:
     """(answering model, backend, seconds) of one non-streaming request."""
     started = time.monotonic()
@@ -161,7 +160,7 @@ def primary_down(requests: int = 100, mode: str = "503", clients: int = 4) -> di
     overloaded = {"message": "overloaded", "type": "server_error", "param": None, "code": None}
     primary.fail_next(*[Reply(503, {"error": overloaded})] * 100000)
     base = primary.url if mode == "503" else f"http://127.0.0.1:{free_port()}"
-    with _provider_stack() as stack:
+    with provider_stack() as stack:
         set_model(make_engine(stack.env["DATABASE_URL"]), "gpt-4o-mini", fallbacks=["grok-3-mini"])
         stack.worker(
             "openai,grok",
@@ -196,72 +195,6 @@ def primary_down(requests: int = 100, mode: str = "503", clients: int = 4) -> di
     }
 
 
-# -- redis restart --------------------------------------------------------------------------
-def redis_restart(seconds: float = 12.0, rate: float = 20.0, down: float = 1.0) -> dict[str, Any]:
-    """POST /v1/jobs at `rate`/s for `seconds`, Redis restarted in the middle."""
-    upstream = start_openai_fake({"grok-3-mini": None})
-    upstream.latency = 0.3
-    with _provider_stack() as stack:
-        stack.worker("grok", env={"XAI_BASE_URL": upstream.url + "/v1"})
-        api = stack.api()
-        accepted: list[str] = []
-        refused: list[float] = []
-        body = {"model": "grok-3-mini", "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.Client(base_url=api, timeout=10) as http:
-            begin, restart = time.monotonic(), None
-            while (now := time.monotonic()) - begin < seconds:
-                if restart is None and now - begin > seconds / 3:
-                    restart = threading.Thread(target=stack.restart_redis, args=(down,))
-                    restart.start()
-                try:
-                    r = http.post("/v1/jobs", json=body)
-                except httpx.HTTPError:
-                    r = None
-                if r is not None and r.status_code == 202:
-                    accepted.append(r.json()["id"])
-                else:
-                    refused.append(time.monotonic())
-                time.sleep(max(0.0, 1 / rate - (time.monotonic() - now)))
-            if restart:
-                restart.join()
-            final = _finish_all(http, accepted, timeout=20)
-            wedged = final["succeeded"] < len(accepted)
-            if wedged:
-                # A gevent worker's Celery consumer sometimes stops consuming once the broker
-                # is back (kombu's reconnect; docs/resilience.md). Start another, as a
-                # supervisor would: what is measured here is that no accepted job is lost.
-                stack.worker("grok", env={"XAI_BASE_URL": upstream.url + "/v1"})
-                final = _finish_all(http, accepted, timeout=60)
-    upstream.stop()
-    window = (refused[-1] - refused[0]) * 1000 if refused else 0.0
-    return {
-        "accepted": len(accepted),
-        "refused": len(refused),
-        "succeeded": final["succeeded"],
-        "lost": len(accepted) - final["succeeded"],
-        "statuses": dict(final["statuses"]),
-        "window_503_ms": window,
-        "worker_restarted": wedged,
-    }
-
-
-def _finish_all(http: httpx.Client, ids: list[str], timeout: float) -> dict[str, Any]:
-    give_up, status = time.monotonic() + timeout, dict.fromkeys(ids, "queued")
-    while time.monotonic() < give_up:
-        for job_id in [j for j, s in status.items() if s not in ("succeeded", "failed")]:
-            try:
-                r = http.get(f"/v1/jobs/{job_id}")
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200:
-                status[job_id] = r.json()["status"]
-        if all(s in ("succeeded", "failed", "cancelled") for s in status.values()):
-            break
-        time.sleep(0.5)
-    counts = Counter(status.values())
-    return {"succeeded": counts["succeeded"], "statuses": counts}
-
-
 # -- slow backend ---------------------------------------------------------------------------
 def slow_backend(requests: int = 120, clients: int = 12) -> dict[str, Any]:
     """gpt-4o-mini on openai (slow, 1.5 s) and grok (fast): shares under two policies."""
@@ -272,7 +205,7 @@ def slow_backend(requests: int = 120, clients: int = 12) -> dict[str, Any]:
     slow.latency = 1.5
     fast = start_openai_fake({"gpt-4o-mini": None})
     out: dict[str, Any] = {"requests": requests}
-    with _provider_stack() as stack:
+    with provider_stack() as stack:
         engine = make_engine(stack.env["DATABASE_URL"])
         add_deployment(engine, "gpt-4o-mini", "grok", upstream="gpt-4o-mini")
         stack.worker(
@@ -298,6 +231,8 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "primary-down": lambda n: primary_down(requests=n),
     "primary-refused": lambda n: primary_down(requests=n, mode="refused"),
     "redis-restart": lambda n: redis_restart(),
+    "redis-restarts": lambda n: redis_restart(restarts=10, rate=10.0, local_rate=0.5),
+    "consumer-stall": lambda n: consumer_stall(),
     "slow-backend": lambda n: slow_backend(requests=n),
 }
 
@@ -306,14 +241,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=sorted(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--root", type=Path, default=ROOT, help="run the stack from here")
     args = parser.parse_args()
+    chaos_base.STACK_ROOT = args.root.resolve()
     for name, run in SCENARIOS.items():
         if args.only and name != args.only:
             continue
         result = run(args.jobs)
         print(f"\n## {name}")
         for key, value in result.items():
-            shown = f"{value:.0f}" if isinstance(value, float) else value
+            digits = 1 if key.endswith("_s") else 0  # seconds to a tenth, the rest whole
+            shown = f"{value:.{digits}f}" if isinstance(value, float) else value
             print(f"  {key:16} {shown}")
 
 

@@ -45,6 +45,7 @@ class Stack:
             **env,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}  # pid -> its output
 
     def spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -52,7 +53,16 @@ class Stack:
         full_env = {k: v for k, v in merged.items() if v is not None}  # None: unset it
         proc = subprocess.Popen(args, cwd=self.root, env=full_env, stdout=log, stderr=log)
         self.procs.append(proc)
+        self.logs[proc.pid] = self.tmp / f"{name}.log"
         return proc
+
+    def log(self, pid: int) -> Path:
+        """Where process `pid` writes its output."""
+        return self.logs[pid]
+
+    def running(self, pid: int) -> bool:
+        """Whether process `pid` is still running."""
+        return next(p for p in self.procs if p.pid == pid).poll() is None
 
     def __enter__(self) -> Stack:
         from registry.db import init_db, make_engine

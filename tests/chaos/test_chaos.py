@@ -25,10 +25,25 @@ def test_a_dead_primary_is_answered_by_the_fallback(mode: str) -> None:
     assert result["open_requests"] > 0  # the breaker opened and requests kept flowing
 
 
-def test_a_redis_restart_loses_no_accepted_job() -> None:
-    result = chaos.redis_restart(seconds=8.0, rate=15.0, down=1.0)
-    assert result["accepted"] > 0
-    assert result["lost"] == 0, result["statuses"]
+def test_ten_redis_restarts_lose_no_job_and_leave_no_worker_stuck() -> None:
+    """Jobs flow to a gevent provider worker and a threads local worker while Redis is
+    restarted 10 times; nobody restarts a worker, yet every accepted job completes."""
+    result = chaos.redis_restart(restarts=10, every=4.0, rate=10.0, local_rate=0.5)
+    assert result["accepted_grok"] > 0 and result["accepted_local"] > 0
+    assert result["lost"] == 0, result
+    assert result["stuck_workers"] == 0, result  # alive, announcing their queues
+    assert result["consumer_kicks"] == result["consumer_exits"] == 0, result  # none stalled
+    assert result["resumed_grok_max_s"] < 10, result  # consumed again soon after each restart
+
+
+def test_a_consumer_stranded_in_its_read_is_restarted_and_its_jobs_complete() -> None:
+    """Redis answers the heartbeat but never the consumer's BRPOP: the worker's consumer
+    watch drops the broker connection, Celery reconnects, the jobs run; no worker restart."""
+    result = chaos.consumer_stall(jobs=12)
+    assert result["stranded_connections"] >= 1
+    assert result["accepted"] > 0 and result["lost"] == 0, result
+    assert result["consumer_kicks"] == 1 and result["consumer_resumed"] >= 1, result
+    assert result["consumer_exits"] == result["stuck_workers"] == 0, result
 
 
 def test_least_loaded_moves_work_off_a_slow_deployment() -> None:
