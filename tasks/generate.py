@@ -20,6 +20,7 @@ from celery import signals
 from celery.backends.base import DisabledBackend
 
 from tasks import app
+from tasks.consumer import watch_consumer
 from tasks.dispatch import enqueue
 from tasks.execute import run_job
 from tasks.keys import KNOWN_QUEUES, TASK_NAME, task_name
@@ -95,6 +96,7 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
         "started": f"{time.time():.3f}",
         "failed": orjson.dumps(failed).decode() if failed else "",
     }
+    watch_consumer(rt)  # a consumer that stops polling is announced off its queues, restarted
     rt.start_heartbeat(serving, info, _requeue)
     if failed:
         log.error(

@@ -5,6 +5,9 @@ A lone stream flushes each token at once (no added latency); under load, tokens 
 while a pipeline is in flight and the next pipeline takes them all, so no token costs a
 round trip of its own. The same pipeline reads each job's cancel flag back, which is how
 a worker learns of a cancel within one token without polling.
+
+Redis errors are retried forever (tokens must not be lost); anything else ends the
+publishing thread, and `on_death` is told (a worker then exits: tasks/runtime.py).
 """
 
 from __future__ import annotations
@@ -43,9 +46,16 @@ class _Op:
 class EventPublisher:
     """Writes job events from any thread or greenlet, in order, in batches."""
 
-    def __init__(self, client: redis.Redis, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        max_batch: int = 512,
+        on_death: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self.redis = client
         self.max_batch = max_batch
+        self.on_death = on_death  # None: the thread just dies (its exception is printed)
         self._queue: queue.Queue[_Op] = queue.Queue()
         self._stop_flags: set[str] = set()
         self._thread: threading.Thread | None = None
@@ -94,6 +104,14 @@ class EventPublisher:
         self._queue.put(op)
 
     def _run(self) -> None:
+        try:
+            self._publish_forever()
+        except Exception as exc:  # a bug or data we cannot read: tell the owner, or die loudly
+            if self.on_death is None:
+                raise
+            self.on_death("event-publisher", exc)
+
+    def _publish_forever(self) -> None:
         while True:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch:

@@ -1,7 +1,12 @@
 """What a worker process holds for its whole life: Redis clients, the job store, the event
 publisher, the heartbeat and the backends (a local model is loaded once, here).
 
-Built on first use or when the worker starts, never at import.
+Built on first use or when the worker starts, never at import. Its three background
+threads (event publisher, heartbeat, job stopper) are the worker: if one dies of an
+unexpected exception, `exit_on_thread_death` ends the process, non-zero, with the reason
+logged, so that its supervisor starts a fresh one. Carrying on would leave a worker that
+claims jobs it can never finish (no publisher), is reaped while it works (no heartbeat) or
+never stops a cancelled job (no stopper).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -26,22 +32,47 @@ from tasks.publisher import EventPublisher
 from tasks.settings import Settings
 from tasks.stopper import RunningJobs, Stopper
 from workers.base import Backend, create_backend
-from workers.providers import queue_kinds
+from workers.providers import queue_kind
 
 log = logging.getLogger(__name__)
 
 MAX_REASON = 500  # characters of a start-up failure announced in the heartbeat
+EXIT_THREAD_DIED = 70  # EX_SOFTWARE: the exit status of a worker whose thread died
+
+#: Told the name of a background thread that died and why (the default ends the process).
+ThreadDeath = Callable[[str, BaseException], None]
+
+
+def exit_on_thread_death(name: str, exc: BaseException) -> None:
+    """Log why the worker thread `name` died, then end the process at once (no clean
+    shutdown: another worker's reaper redelivers this one's jobs, as after a crash)."""
+    log.critical(
+        "worker thread %s died (%s: %s): exiting with status %d to be restarted",
+        name,
+        type(exc).__name__,
+        exc,
+        EXIT_THREAD_DIED,
+        exc_info=exc,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_THREAD_DIED)
 
 
 class WorkerRuntime:
     """Per-process state of a worker; one instance, shared by every task thread."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, env: Mapping[str, str], on_death: ThreadDeath | None = None
+    ) -> None:
         self.settings = settings
         self.env = env
-        self.redis = redis_client(settings.redis_url)
+        self.on_death = on_death or exit_on_thread_death
+        # no blocking command is sent on it: every command may time out (tasks.connections)
+        self.redis = redis_client(settings.redis_url, socket_timeout=settings.redis_timeout)
         self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl)
-        self.publisher = EventPublisher(self.redis)
+        self.publisher = EventPublisher(self.redis, on_death=self.on_death)
         self.liveness = Liveness(self.redis)
         self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -50,6 +81,12 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
         self._stopper: Stopper | None = None
+        # queue -> backend kind of each queue this worker consumes, set by `prepare`: the
+        # only jobs it runs (tasks/execute.py); None when driven in-process without it
+        self.served: dict[str, str] | None = None
+        # Consumer liveness hook (tasks/consumer.py), set by the worker at start: given the
+        # queues, the ones a beat may announce and facts to add (a stalled consumer serves none).
+        self.vet_queues: Callable[[list[str]], tuple[list[str], dict[str, str]]] | None = None
 
     def backend(self, kind: str) -> Backend:
         """The backend for `kind`, created once per process."""
@@ -63,10 +100,10 @@ class WorkerRuntime:
         that a broken install or configuration shows at start, not on the first request.
         Returns {queue: reason} for the queues whose backend could not be built; the
         worker serves the others and announces these as failed."""
-        kinds = queue_kinds(queues)
+        self.served = {queue: queue_kind(queue, self.env) for queue in queues}
         by_kind: dict[str, list[str]] = {}
-        for queue in queues:
-            by_kind.setdefault(kinds.get(queue, "local"), []).append(queue)
+        for queue, kind in self.served.items():
+            by_kind.setdefault(kind, []).append(queue)
         failed: dict[str, str] = {}
         for kind, served in sorted(by_kind.items()):
             started = time.monotonic()
@@ -109,11 +146,12 @@ class WorkerRuntime:
     def start_stopper(self) -> None:
         """Stop running jobs that must stop (tasks.stopper), from now until `stop`."""
         find = partial(self.jobs.stops, self.worker_id)
-        self._stopper = Stopper(self.running, find, self.stop_job)
+        self._stopper = Stopper(self.running, find, self.stop_job, on_death=self.on_death)
         self._stopper.start()
 
     def stop_job(self, job_id: str) -> None:
-        """Stop a running job now: it ends `cancelled` (its writer sees the flag)."""
+        """Stop a running job now: it ends `cancelled`, or with a 504 when past its deadline
+        (its writer sees the flag: tasks/execute.py)."""
         self.publisher.stop(job_id)
         self.running.stop(job_id, self._cancel_in_backend)
 
@@ -152,7 +190,11 @@ class Heartbeat(threading.Thread):
         models, facts = rt.announcement()
         self.models = models
         ttl = rt.settings.heartbeat_ttl
-        rt.liveness.beat(rt.worker_id, ttl, self.queues, models, {**self.info, **facts})
+        queues, info = self.queues, {**self.info, **facts}
+        if rt.vet_queues is not None:  # consumer liveness hook (see WorkerRuntime)
+            queues, vetted = rt.vet_queues(queues)
+            info.update(vetted)
+        rt.liveness.beat(rt.worker_id, ttl, queues, models, info)
 
     def reap(self) -> None:
         rt = self.rt
@@ -170,6 +212,12 @@ class Heartbeat(threading.Thread):
             self.requeue(job)
 
     def run(self) -> None:
+        try:
+            self._beat_until_stopped()
+        except Exception as exc:  # noqa: BLE001 - a bug, unreadable data: the worker must end
+            self.rt.on_death(self.name, exc)
+
+    def _beat_until_stopped(self) -> None:
         while not self._stopped.wait(self.rt.settings.heartbeat_interval):
             try:
                 self.beat()

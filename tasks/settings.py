@@ -22,6 +22,7 @@ class Settings:
     concurrency: int | None = None  # None: by pool (threads 8, gevent 1000)
     task_events: bool = False  # `irouter flower` turns them on while someone watches it
     redeliver_after: float = 30.0  # a queued job whose message is gone is published again
+    redis_timeout: float = 10.0  # longest a worker's Redis command waits for its answer
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -39,4 +40,5 @@ class Settings:
             concurrency=int(conc) if conc else None,
             task_events=env.get("ROUTER_TASK_EVENTS", "0") in ("1", "true", "yes"),
             redeliver_after=float(env.get("ROUTER_REDELIVER_AFTER", cls.redeliver_after)),
+            redis_timeout=float(env.get("ROUTER_REDIS_TIMEOUT", cls.redis_timeout)),
         )

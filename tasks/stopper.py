@@ -8,12 +8,17 @@ stop (cancelled, taken over by a later attempt, or synchronous ones whose API pr
 and interrupts them: through the backend's own `cancel(job_id)` where it has one (the local
 batch engine frees the slot), else by raising `JobStopped` in the job's greenlet (gevent
 pools), which closes the upstream request at once.
+
+The same look, with no Redis, stops every running job past its deadline the same way,
+whatever its backend is doing (a silent upstream, a stuck prefill): the job then ends
+with a 504 rather than `cancelled` (tasks/execute.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ class _Running:
     backend: str
     kind: str
     greenlet: Any  # the job's greenlet under a gevent pool, else None
+    deadline: float | None = None  # epoch seconds
     stopping: bool = False
 
 
@@ -51,9 +57,9 @@ class RunningJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, _Running] = {}
 
-    def add(self, job_id: str, backend: str, kind: str) -> None:
+    def add(self, job_id: str, backend: str, kind: str, deadline: float | None = None) -> None:
         """Called from the job's own thread or greenlet, before the backend is called."""
-        self._jobs[job_id] = _Running(backend, kind, _current_greenlet())
+        self._jobs[job_id] = _Running(backend, kind, _current_greenlet(), deadline)
 
     def remove(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -64,6 +70,11 @@ class RunningJobs:
     def ids(self) -> list[str]:
         """Running jobs not already being stopped."""
         return [j for j, run in list(self._jobs.items()) if not run.stopping]
+
+    def expired(self, now: float) -> list[str]:
+        """Running jobs past their deadline, not already being stopped."""
+        jobs = list(self._jobs.items())
+        return [j for j, run in jobs if run.deadline and run.deadline <= now and not run.stopping]
 
     def backends(self) -> list[str]:
         """The backend of each running job (for the heartbeat's load per backend)."""
@@ -90,13 +101,26 @@ class Stopper(threading.Thread):
         find: Callable[[list[str]], list[str]],
         stop: Callable[[str], None],
         interval: float = POLL_INTERVAL,
+        on_death: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         super().__init__(name="job-stopper", daemon=True)
         self.running, self.find, self.stop_job, self.interval = running, find, stop, interval
+        self.on_death = on_death  # None: the thread just dies (its exception is printed)
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._stop_until_stopped()
+        except Exception as exc:  # a bug or data we cannot read: tell the owner, or die loudly
+            if self.on_death is None:
+                raise
+            self.on_death(self.name, exc)
+
+    def _stop_until_stopped(self) -> None:
         while not self._stopped.wait(self.interval):
+            for job_id in self.running.expired(time.time()):
+                log.info("job %s: past its deadline, stopping", job_id)
+                self.stop_job(job_id)
             ids = self.running.ids()
             if not ids:
                 continue

@@ -28,7 +28,7 @@ from typing import Any
 
 from workers.errors import InvalidRequestError
 from workers.protocol import ChatJob
-from workers.providers import env_prefix
+from workers.providers import allowed_extra, env_prefix
 
 DEFAULT_MAX_TOKENS = 4096
 JSON_INSTRUCTION = (
@@ -73,8 +73,10 @@ UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
 
 
 def build_request(job: ChatJob, env: Mapping[str, str]) -> AnthropicRequest:
-    """The Messages API request for `job`; InvalidRequestError (400) for what it cannot say."""
+    """The Messages API request for `job`; InvalidRequestError (400) for what it cannot say.
+    Only the fields on the backend's pass-through list (providers.json) are read."""
     reject_unsupported(job)
+    extra = allowed_extra(job)
     system, messages = translate_messages(job.messages)
     if not messages:
         raise unsupported("needs at least one user or assistant message.", "messages")
@@ -87,15 +89,13 @@ def build_request(job: ChatJob, env: Mapping[str, str]) -> AnthropicRequest:
     }
     if s.stop:
         params["stop_sequences"] = list(s.stop)
-    if job.extra.get("user"):
-        params["metadata"] = {"user_id": str(job.extra["user"])}
+    if extra.get("user"):
+        params["metadata"] = {"user_id": str(extra["user"])}
     extra_body = sampling_body(s.temperature, s.top_p)
     if extra_body:
         params["extra_body"] = extra_body
-    params.update(translate_tools(job.extra))
-    json_tool, format_params, instruction = translate_response_format(
-        job.extra.get("response_format")
-    )
+    params.update(translate_tools(extra))
+    json_tool, format_params, instruction = translate_response_format(extra.get("response_format"))
     if json_tool and "tools" in params:
         raise unsupported("cannot combine a json_schema response_format with tools.",
                           "response_format")  # fmt: skip

@@ -2,7 +2,9 @@
 
 A backend turns a ChatJob into an iterator of Chunk, ending with one Done. It raises a
 `workers.errors.RouterError` for anything the client should see. Closing the iterator
-early (cancellation, deadline) must stop the work and free what it holds.
+early (cancellation, deadline) must stop the work and free what it holds. An empty Chunk
+is a keep-alive: nothing is sent, but the worker checks the job's deadline and cancel flag
+on it, so a backend waiting on a silent upstream should yield one whenever it can.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@
     └── GatewayTimeoutError          504 server_error
 
 Workers raise these; the task turns them into an ErrorInfo on the token stream; the API
-renders ErrorInfo or a raised RouterError with one handler.
+renders ErrorInfo or a raised RouterError with one handler. `upstream` is True on an error
+that an upstream's answer or its transport caused (workers/upstream.py sets it): only
+those count against the backend's circuit breaker, never a bug or a bad request of ours.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class RouterError(Exception):
     status_code = 500
     type = "server_error"
     code: str | None = "internal_error"
+    upstream = False  # caused by an upstream's answer or transport (see the module doc)
 
     def __init__(
         self,
@@ -38,6 +41,7 @@ class RouterError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        upstream: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -45,6 +49,8 @@ class RouterError(Exception):
         self.retry_after = retry_after
         if code is not None:
             self.code = code
+        if upstream is not None:
+            self.upstream = upstream
 
     @classmethod
     def from_info(cls, info: ErrorInfo) -> RouterError:

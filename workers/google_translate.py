@@ -23,6 +23,7 @@ from google.genai import types
 
 from workers.errors import InvalidRequestError
 from workers.protocol import ChatJob
+from workers.providers import allowed_extra
 
 #: Gemini 3 rejects a replayed functionCall without the signature it came with; OpenAI
 #: clients cannot carry one, so replayed calls get Google's documented bypass value.
@@ -57,11 +58,13 @@ def invalid(backend: str, what: str, param: str) -> InvalidRequestError:
 
 
 def gemini_request(job: ChatJob) -> tuple[list[types.Content], types.GenerateContentConfig]:
-    """The `contents` and `config` of `generate_content_stream` for `job`."""
+    """The `contents` and `config` of `generate_content_stream` for `job`; only the fields on
+    the backend's pass-through list (providers.json) are read."""
     backend = job.backend
     _reject_unsupported(job.extra, backend)
+    extra = allowed_extra(job)
     contents, system = translate_messages(job.messages, backend)
-    tools, tool_config = translate_tools(job.extra, backend)
+    tools, tool_config = translate_tools(extra, backend)
     s = job.sampling
     config = types.GenerateContentConfig(
         system_instruction=system,
@@ -77,8 +80,8 @@ def gemini_request(job: ChatJob) -> tuple[list[types.Content], types.GenerateCon
         # the worker retries and streams itself: no SDK-side function calling or re-sends
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         automatic_continuation=False,
-        **_response_format(job.extra.get("response_format"), backend),
-        **_logprobs(job.extra, backend),
+        **_response_format(extra.get("response_format"), backend),
+        **_logprobs(extra, backend),
     )
     return contents, config
 

@@ -143,7 +143,7 @@ class LlmdBackend(OpenAICompatBackend):
         backend = cls(env)
         prefix = env_prefix(BACKEND)
         if env.get(f"{prefix}_BASE_URL"):
-            ep = backend_endpoint(BACKEND, env, key_env=f"{prefix}_API_KEY")
+            ep = backend_endpoint(BACKEND, env)  # LLMD_BASE_URL, LLMD_API_KEY (optional)
             interval = float(env.get(f"{prefix}_POLL_INTERVAL") or DEFAULT_POLL_INTERVAL)
             backend.poller = Poller(ep, interval)
             backend.poller.start()

@@ -30,7 +30,7 @@ from workers.openai_http import (
     UpstreamTimeout,
 )
 from workers.protocol import ChatJob, Chunk, Done, Usage
-from workers.providers import Endpoint, endpoint, provider_table
+from workers.providers import Endpoint, allowed_extra, endpoint, provider_table
 from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,9 @@ def max_tokens_field(backend: str) -> str:
 
 def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]:
     """The JSON body for `job`: always streaming with usage; the client's other fields pass
-    through as they came (tools, response_format, logprobs, a provider's own options)."""
+    through as they came (tools, response_format, logprobs, a provider's own options), but
+    only those on the backend's pass-through list (providers.json): nothing else reaches
+    the upstream, even from a job written straight into Redis."""
     s = job.sampling
     sampling = {
         "temperature": s.temperature,
@@ -124,7 +126,8 @@ def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]
         "frequency_penalty": s.frequency_penalty,
         cap_field: s.max_tokens,
     }
-    fields = {k: v for k, v in job.extra.items() if k not in OWN_FIELDS and v is not None}
+    extra = allowed_extra(job)
+    fields = {k: v for k, v in extra.items() if k not in OWN_FIELDS and v is not None}
     fields.update({k: v for k, v in sampling.items() if v is not None})
     return {
         "model": job.upstream_model,
@@ -280,9 +283,14 @@ def chunk_of(choice: dict[str, Any], state: StreamState) -> Chunk:
     return Chunk(delta=text, tool_calls=calls or None, logprobs=entries or None)
 
 
-def relay(events: Iterable[dict[str, Any]], state: StreamState) -> Iterator[Chunk]:
-    """Non-empty Chunks of the upstream's first choice; finish and usage kept in `state`."""
+def relay(events: Iterable[dict[str, Any] | None], state: StreamState) -> Iterator[Chunk]:
+    """Non-empty Chunks of the upstream's first choice; finish and usage kept in `state`.
+    A keep-alive (None) becomes an empty Chunk: the worker checks the job's deadline and
+    cancel flag on it, as on any chunk, and sends nothing."""
     for event in events:
+        if event is None:
+            yield Chunk()
+            continue
         for choice in event.get("choices") or ():
             if choice.get("index", 0):
                 continue

@@ -8,7 +8,7 @@ and orjson, and its failures are raised as the few facts the worker's error tabl
 
     UpstreamStatus   the upstream answered non-2xx (status, parsed error body, headers)
     UpstreamTimeout  no connection or no bytes within the connect / read timeout
-    UpstreamBroken   connection refused, reset or cut mid-stream
+    UpstreamBroken   connection refused, reset or cut mid-stream; an unreadable event
     UpstreamStreamError  an error payload inside a 200 stream
 
 Proxies come from HTTP(S)_PROXY / NO_PROXY, CA certificates from certifi, as with httpx.
@@ -127,28 +127,38 @@ class ChatClient:
 
 
 class ChatStream:
-    """The JSON payloads of one response's server-sent events, up to `[DONE]`."""
+    """The JSON payloads of one response's server-sent events, up to `[DONE]`, and None
+    for each comment: a keep-alive (OpenRouter's `: OPENROUTER PROCESSING`), handed on so
+    that whoever reads checks its deadline and cancel flag while the upstream sends nothing
+    else."""
 
     def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
         self.resp = resp
         self._ended = False  # read to the end of the response: the connection can be reused
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(self) -> Iterator[dict[str, Any] | None]:
         data = self._data()
         for item in data:
+            if item is None:
+                yield None  # a keep-alive comment
+                continue
             if item.startswith(b"[DONE]"):
                 for _ in data:  # the response ends right after; read that, as the SDK did
                     pass
                 return
-            body = orjson.loads(item)
+            try:
+                body = orjson.loads(item)
+            except orjson.JSONDecodeError as exc:  # the upstream's fault, not ours
+                raise UpstreamBroken(f"unreadable event from the upstream: {exc}") from None
             if not isinstance(body, dict):
                 continue
             if body.get("error") or body.get("object") == "error":  # also older vLLM's flat one
                 raise UpstreamStreamError(body["error"] if body.get("error") else body)
             yield body
 
-    def _data(self) -> Iterator[bytes]:
-        """The `data` of each event (lines joined by newline), comments and fields skipped."""
+    def _data(self) -> Iterator[bytes | None]:
+        """The `data` of each event (lines joined by newline), None for each comment line;
+        other fields skipped."""
         buffer, data = b"", list[bytes]()
         for block in self._blocks():
             buffer += block
@@ -161,6 +171,8 @@ class ChatStream:
                         data = []
                 elif line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
+                elif line.startswith(b":"):
+                    yield None
         if buffer.startswith(b"data:"):
             data.append(buffer[5:].strip())
         if data:

@@ -7,8 +7,17 @@ Everything here round-trips through plain JSON-able dicts.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def known_fields(cls: type[T], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the keys `cls` (a dataclass) does not have: a field added by a newer
+    API or worker is dropped by an older reader instead of failing its decode."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,8 @@ class Sampling:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sampling:
-        return cls(**{**data, "stop": tuple(data.get("stop") or ())})
+        """Decode; unknown keys are ignored (see `known_fields`)."""
+        return cls(**{**known_fields(cls, data), "stop": tuple(data.get("stop") or ())})
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,12 @@ class ChatJob:
     """One chat completion as a worker sees it.
 
     `upstream_model` is the name the backend knows; `model` the public id the client
-    asked for. `api_key_env` names the environment variable holding the key: the key
-    itself never travels. `extra` carries pass-through request fields (tools,
-    response_format, logprobs, user, ...) for backends that understand them; `headers`
-    the client request headers the operator chose to forward (llm-d routing hints).
+    asked for. `base_url` and `api_key_env` are what the registry says of the backend (the
+    key itself never travels); a worker reaches a backend through its own configuration
+    and honours them only where they match it (workers/providers.py). `extra` carries
+    pass-through request fields (tools, response_format, logprobs, user, ...) for backends
+    that understand them; `headers` the client request headers the operator chose to
+    forward (llm-d routing hints).
     """
 
     id: str
@@ -61,7 +73,8 @@ class ChatJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChatJob:
-        data = dict(data)
+        """Decode; unknown keys are ignored, a missing required one raises TypeError."""
+        data = known_fields(cls, data)
         data["sampling"] = Sampling.from_dict(data.get("sampling") or {})
         return cls(**data)
 
@@ -128,7 +141,8 @@ class ErrorInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
-        return cls(**data)
+        """Decode; unknown keys are ignored (see `known_fields`)."""
+        return cls(**known_fields(cls, data))
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error body: {"error": {message, type, param, code}}."""

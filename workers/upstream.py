@@ -7,7 +7,10 @@ the retry loop that may retry a request only until its first chunk has been prod
                                       honouring Retry-After; never retried after it
 
 Backends translate their SDK's exceptions into `UpstreamFailure` (status, message,
-retry_after) or a RouterError; this module decides the rest, once for all of them.
+retry_after) or a RouterError; this module decides the rest, once for all of them. It also
+marks what the upstream caused (`RouterError.upstream`, which feeds the circuit breaker):
+every error `status_error` builds, and every RouterError an open upstream request raises
+(a backend builds the request, and rejects what it cannot translate, before `retrying`).
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def status_error(
 ) -> RouterError:
     """The client-facing error for an upstream HTTP status (other 4xx -> 400, 5xx -> 502)."""
     cls = STATUS_ERRORS.get(status) or (UpstreamError if status >= 500 else InvalidRequestError)
-    err = cls(message, param=param, code=code, retry_after=retry_after)
+    err = cls(message, param=param, code=code, retry_after=retry_after, upstream=True)
     if code is None and cls is InvalidRequestError and status != 400:
         err.code = f"upstream_{status}"
     return err
@@ -157,29 +160,42 @@ def retrying(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[T]:
     """Items of `open_stream()`; a RouterError raised before the first item is retried by
-    `policy` (within `deadline`); once an item has been yielded, errors pass straight out."""
+    `policy` (within `deadline`); once an item has been yielded, errors pass straight out.
+
+    Falsy items (empty Chunks: an upstream's keep-alives) are passed on at once, so that
+    the consumer checks its deadline and cancel flag while the upstream says nothing, but
+    they are not the first item: a failure after them may still be retried. Every
+    RouterError raised here comes from an open upstream request: it is marked `upstream`."""
     attempt = 0
-    while True:
-        stream = open_stream()
-        try:
-            first = next(stream)
-        except StopIteration:
-            return
-        except RouterError as err:
-            attempt += 1
-            wait = policy.delay(attempt, err)
-            late = deadline is not None and time.time() + (wait or 0) >= deadline
-            if wait is None or late:
-                raise
-            log.warning(
-                "%s: %s (%s); retry %d in %.2fs", what, err.status_code, err.code, attempt, wait
-            )
-            sleep(wait)
-            continue
-        break
+    stream: Iterator[T] | None = None
     try:
+        while True:
+            stream = open_stream()
+            try:
+                first = next(stream)
+                while not first:
+                    yield first
+                    first = next(stream)
+            except StopIteration:
+                return
+            except RouterError as err:
+                err.upstream = True
+                attempt += 1
+                wait = policy.delay(attempt, err)
+                late = deadline is not None and time.time() + (wait or 0) >= deadline
+                if wait is None or late:
+                    raise
+                log.warning(
+                    "%s: %s (%s); retry %d in %.2fs", what, err.status_code, err.code, attempt, wait
+                )
+                sleep(wait)
+                continue
+            break
         yield first
         yield from stream
+    except RouterError as err:
+        err.upstream = True
+        raise
     finally:
         close = getattr(stream, "close", None)
         if close is not None:

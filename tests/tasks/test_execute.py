@@ -19,6 +19,9 @@ from workers import base
 from workers.errors import InvalidRequestError
 from workers.protocol import ChatJob, Chunk, Done, Usage
 
+#: The test queues serve the scripted backends (an operator-added queue's kind).
+ENV = {"Q_KIND": "scripted", "QUANTUM_KIND": "quantum"}
+
 
 class Scripted:
     """Yields the given pieces, one every `delay` seconds; records being closed."""
@@ -42,17 +45,17 @@ class Scripted:
 @pytest.fixture
 def rt(stack, r, monkeypatch) -> WorkerRuntime:  # type: ignore[no-untyped-def]
     url = stack.redis_url.rsplit("/", 1)[0] + "/5"
-    return WorkerRuntime(Settings(redis_url=url, job_ttl=60), {})
+    return WorkerRuntime(Settings(redis_url=url, job_ttl=60), ENV)
 
 
 def use_backend(monkeypatch, backend: Scripted) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(base.FACTORIES, "scripted", lambda env: backend)
 
 
-def submit(rt: WorkerRuntime, make_job, **changes) -> str:  # type: ignore[no-untyped-def]
+def submit(rt: WorkerRuntime, make_job, queue: str = "q", **changes) -> str:  # type: ignore[no-untyped-def]
     job = make_job()
-    job = ChatJob.from_dict({**job.to_dict(), "kind": "scripted", **changes})
-    rt.jobs.create(job, "q")
+    job = ChatJob.from_dict({**job.to_dict(), "kind": "scripted", "backend": queue, **changes})
+    rt.jobs.create(job, queue)
     return job.id
 
 
@@ -141,7 +144,7 @@ def test_a_stream_that_ends_without_done_fails(rt, make_job, monkeypatch) -> Non
 
 
 def test_unknown_backend_kind_fails_clearly(rt, make_job) -> None:
-    job_id = submit(rt, make_job, kind="quantum")
+    job_id = submit(rt, make_job, queue="quantum", kind="quantum")
     run_job(rt, job_id, 1)
     status, tr = outcome(rt.jobs, job_id)
     assert status is JobStatus.FAILED
@@ -173,7 +176,7 @@ def test_a_job_silent_before_its_first_token_is_stopped(rt, make_job, monkeypatc
     backend = Silent()
     use_backend(monkeypatch, backend)
     Liveness(rt.redis).api_beat("api-1", 60)
-    job = ChatJob.from_dict({**make_job().to_dict(), "kind": "scripted"})
+    job = ChatJob.from_dict({**make_job().to_dict(), "kind": "scripted", "backend": "q"})
     rt.jobs.create(job, "q", owner="api-1")
     rt.start_stopper()
     runner = threading.Thread(target=run_job, args=(rt, job.id, 1))

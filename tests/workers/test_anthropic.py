@@ -66,6 +66,7 @@ def _clean(fake: FakeServer) -> None:
 def env_for(fake: FakeServer, **overrides: str) -> dict[str, str]:
     """A worker environment: the fake as upstream, two quick retries."""
     return {"ANTHROPIC_BASE_URL": fake.url, "TEST_ANTHROPIC_KEY": KEY,
+            "ROUTER_KEY_ENV_ALLOWLIST": "TEST_ANTHROPIC_KEY",
             "ROUTER_UPSTREAM_RETRIES": "2", "ROUTER_UPSTREAM_BACKOFF": "0.01",
             "ROUTER_UPSTREAM_BACKOFF_MAX": "0.02", **overrides}  # fmt: skip
 

@@ -204,8 +204,10 @@ def test_a_wrong_key_is_401(fake: OpenAIFake, backends: list[LlmdBackend]) -> No
 
 @pytest.mark.parametrize(("env", "read"), [({}, 900.0), ({"LLMD_TIMEOUT": "30"}, 30.0)])
 def test_the_long_read_timeout_and_its_override(env: dict[str, str], read: float) -> None:
-    backend = LlmdBackend.from_env(env)  # no LLMD_BASE_URL: the job's base URL, no poller
-    ep = endpoint(job(base_url="http://gw.invalid/v1"), backend.env, key_required=False)
+    backend = LlmdBackend.from_env(env)  # no LLMD_BASE_URL: no poller
+    ep = endpoint(
+        job(), {**backend.env, "LLMD_BASE_URL": "http://gw.invalid/v1"}, key_required=False
+    )
     client = backend.client(ep, ep.headers)
     assert client.timeout.read == read  # type: ignore[union-attr]
     assert client.timeout.connect == 10.0  # type: ignore[union-attr]

@@ -56,6 +56,7 @@ def env_for(fake: OpenAIFake, **extra: str) -> dict[str, str]:
         "XAI_BASE_URL": base,
         "ACME_BASE_URL": base,
         KEY_ENV: KEY,
+        "ROUTER_KEY_ENV_ALLOWLIST": KEY_ENV,  # the key's variable is not OPENAI_API_KEY
         "ROUTER_UPSTREAM_RETRIES": "0",
         "ROUTER_UPSTREAM_BACKOFF": "0.01",
         "ROUTER_UPSTREAM_BACKOFF_MAX": "0.02",
@@ -125,7 +126,7 @@ def test_sampling_and_extra_fields_pass_through(fake: OpenAIFake) -> None:
         "user": "u-1",
         "metadata": {"team": "a"},
         "logit_bias": {"50256": -100},
-        "provider": {"order": ["x"]},  # not an OpenAI field: travels via extra_body
+        "provider": {"order": ["x"]},  # OpenRouter's, not on openai's pass-through list
         "tool_choice": None,  # sent as null by the client: means "not given"
         "model": "hijack",  # our own fields cannot be overridden from extra
         "stream": False,
@@ -136,8 +137,8 @@ def test_sampling_and_extra_fields_pass_through(fake: OpenAIFake) -> None:
     assert (body["temperature"], body["top_p"], body["seed"]) == (0.3, 0.9, 7)
     assert body["stop"] == ["zzz"]
     assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, -0.5)
-    assert body["user"] == "u-1" and body["metadata"] == {"team": "a"}
-    assert body["logit_bias"] == {"50256": -100} and body["provider"] == {"order": ["x"]}
+    assert body["user"] == "u-1" and body["logit_bias"] == {"50256": -100}
+    assert "metadata" not in body and "provider" not in body  # dropped: not on the list
     assert "tool_choice" not in body
     assert body["model"] == "gpt-4o-mini" and body["stream"] is True
 
