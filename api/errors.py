@@ -47,6 +47,10 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(info)
 
 
+#: What a client is told of a bug of ours, before a response started or during one.
+INTERNAL_ERROR = "The server had an error while processing your request."
+
+
 def redis_unavailable() -> ServiceUnavailableError:
     """What a client is told when Redis fails, before a response started or during one."""
     return ServiceUnavailableError("The job queue is unavailable; retry shortly.", retry_after=1)
@@ -59,7 +63,7 @@ def _redis_down(exc: Exception) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     log.exception("request %s failed", getattr(g, "request_id", "-"))
-    info = ErrorInfo("The server had an error while processing your request.", status=500)
+    info = ErrorInfo(INTERNAL_ERROR, status=500)
     return error_response(info)
 
 

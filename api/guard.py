@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 
 from workers.errors import InvalidRequestError, PermissionDeniedError
 
@@ -128,11 +128,11 @@ def _is_websocket_handshake() -> bool:
     return request.headers.get("Upgrade", "").strip().lower() == "websocket"
 
 
-def check_request() -> None:
-    """Host, then Origin, then Content-Type; each refusal is an OpenAI-shaped error."""
-    config = current_app.config
+def check_request(hosts: tuple[str, ...], origins: tuple[str, ...]) -> None:
+    """Host, then Origin, then Content-Type; each refusal is an OpenAI-shaped error.
+    `hosts`: allowed_hosts() of the app's config; `origins`: its ALLOWED_ORIGINS."""
     host = request.host
-    if not host_allowed(host, allowed_hosts(config)):
+    if not host_allowed(host, hosts):
         raise InvalidRequestError(
             "This server does not answer to that Host. Set ROUTER_ALLOWED_HOSTS to the names "
             "clients use to reach it.",
@@ -141,8 +141,7 @@ def check_request() -> None:
         )
     origin = request.headers.get("Origin")
     checked = _is_websocket_handshake() or request.method in UNSAFE_METHODS
-    extra = comma_list(config.get("ALLOWED_ORIGINS"))
-    if origin is not None and checked and not origin_allowed(origin, host, extra):
+    if origin is not None and checked and not origin_allowed(origin, host, origins):
         raise PermissionDeniedError(
             "Requests from this Origin are not allowed. Set ROUTER_ALLOWED_ORIGINS to let "
             "another site's pages use this API.",
@@ -161,5 +160,8 @@ def check_request() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Run the checks before every route (and before a 404 for an unknown path)."""
-    app.before_request(check_request)
+    """Run the checks before every route (and before a 404 for an unknown path), with the
+    allowlists read from the config once."""
+    hosts = allowed_hosts(app.config)
+    origins = comma_list(app.config.get("ALLOWED_ORIGINS"))
+    app.before_request(lambda: check_request(hosts, origins))

@@ -18,8 +18,7 @@ def json_body() -> Any:
     (raised by werkzeug) or than any enabled model could read: more than BYTES_PER_TOKEN
     bytes per token of the largest context window (checked on Content-Length before the
     body is read). 400 if it is not JSON."""
-    routes = chat_service().router.registry.get().models()
-    limit = max((r.context_window for r in routes), default=0) * BYTES_PER_TOKEN
+    limit = chat_service().router.registry.get().largest_context_window * BYTES_PER_TOKEN
     _check_size(request.content_length, limit)
     raw = request.get_data(cache=True)
     _check_size(len(raw), limit)  # a chunked body has no Content-Length

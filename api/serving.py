@@ -32,7 +32,7 @@ from workers.errors import (
     ServiceUnavailableError,
 )
 from workers.protocol import ChatJob
-from workers.providers import pass_through
+from workers.providers import passed
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class ChatService:
             upstream_model=t.upstream,
             messages=req.messages_as_dicts(),
             sampling=sampling,
-            extra={k: v for k, v in req.extra().items() if k in pass_through(t.backend, t.kind)},
+            extra=passed(req.extra(), t.backend, t.kind),
             base_url=t.base_url,
             api_key_env=t.api_key_env,
             headers=self.forwarded(headers),

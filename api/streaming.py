@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import redis
 
-from api.errors import redis_unavailable
+from api.errors import INTERNAL_ERROR, redis_unavailable
 from api.schemas import chunk_body, usage_chunk_body
 from api.serving import ChatService, Started, Submitted, completion_id, raise_for_final
 from tasks.events import StreamEvent
@@ -53,7 +53,7 @@ def stream_failure(exc: Exception) -> RouterError:
         log.warning("stream ended by a Redis error: %r", exc)
         return redis_unavailable()
     log.error("stream ended by an unexpected error", exc_info=exc)
-    return RouterError("The server had an error while processing your request.")
+    return RouterError(INTERNAL_ERROR)
 
 
 def cancel_quietly(service: ChatService, job_id: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from types import MappingProxyType
 
 from sqlalchemy import Engine
@@ -199,6 +200,11 @@ class Snapshot:
     def models(self, enabled_only: bool = True) -> list[ModelRoute]:
         """Models sorted by id; by default only those with an enabled deployment."""
         return [r for r in self._routes.values() if r.enabled or not enabled_only]
+
+    @cached_property
+    def largest_context_window(self) -> int:
+        """The largest context window of an enabled model (0: none), once per snapshot."""
+        return max((r.context_window for r in self.models()), default=0)
 
     def with_routes(self, extra: Iterable[ModelRoute]) -> Snapshot:
         """This snapshot plus `extra` routes (discovered ones); registry ids and aliases win."""

@@ -25,34 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tasks.runtime import WorkerRuntime
+from tasks.runtime import EXIT_THREAD_DIED, WorkerRuntime, exit_now
 
 log = logging.getLogger(__name__)
 
-EXIT_STALLED = 70  # EX_SOFTWARE: the supervisor starts the worker again
+EXIT_STALLED = EXIT_THREAD_DIED  # EX_SOFTWARE: the supervisor starts the worker again
 #: Seconds without a poll before a consumer counts as stalled: 5 heartbeats, at least 10 s
 #: (an idle consumer polls every second; Celery's first reconnect attempt waits 2 s).
 MIN_STALL_AFTER = 10.0
 #: Seconds of Redis answering a reconnecting consumer gets on top of `stall_after`: the
 #: longest wait between two of Celery's connection retries (kombu's `interval_max`).
 RECONNECT_GRACE = 30.0
-
-
-def exit_stalled(status: int) -> None:
-    """End the process at once, its log flushed (no clean shutdown: a stuck consumer may
-    never finish one; another worker's reaper redelivers this one's running jobs)."""
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 class ConsumerWatch:
@@ -63,7 +51,7 @@ class ConsumerWatch:
         stall_after: float,
         ping: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
-        exit_process: Callable[[int], object] = exit_stalled,
+        exit_process: Callable[[int], object] = exit_now,
     ) -> None:
         """`ping` raises while Redis is unreachable (the heartbeat's client's `ping`)."""
         self.stall_after = stall_after

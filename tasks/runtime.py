@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import NoReturn
 
 import orjson
 import redis
@@ -43,9 +44,18 @@ EXIT_THREAD_DIED = 70  # EX_SOFTWARE: the exit status of a worker whose thread d
 ThreadDeath = Callable[[str, BaseException], None]
 
 
+def exit_now(status: int) -> NoReturn:
+    """End the process at once, its log flushed: no clean shutdown (a stuck part may never
+    finish one); another worker's reaper redelivers this one's running jobs, as after a
+    crash."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def exit_on_thread_death(name: str, exc: BaseException) -> None:
-    """Log why the worker thread `name` died, then end the process at once (no clean
-    shutdown: another worker's reaper redelivers this one's jobs, as after a crash)."""
+    """Log why the worker thread `name` died, then end the process (exit_now)."""
     log.critical(
         "worker thread %s died (%s: %s): exiting with status %d to be restarted",
         name,
@@ -54,10 +64,7 @@ def exit_on_thread_death(name: str, exc: BaseException) -> None:
         EXIT_THREAD_DIED,
         exc_info=exc,
     )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_THREAD_DIED)
+    exit_now(EXIT_THREAD_DIED)
 
 
 class WorkerRuntime:

@@ -94,11 +94,17 @@ def known_pass_through() -> frozenset[str]:
     return frozenset().union(*lists)
 
 
+def passed(extra: Mapping[str, Any], backend: str, kind: str) -> dict[str, Any]:
+    """`extra` without the fields `backend` may not be passed: what the API stores in a
+    job, and what a worker sends on (a job written straight into Redis cannot smuggle what
+    the API would have dropped)."""
+    allowed = pass_through(backend, kind)
+    return {name: value for name, value in extra.items() if name in allowed}
+
+
 def allowed_extra(job: ChatJob) -> dict[str, Any]:
-    """`job.extra` without the fields its backend may not be passed, so that a job written
-    straight into Redis cannot smuggle what the API would have dropped."""
-    allowed = pass_through(job.backend, job.kind)
-    return {name: value for name, value in job.extra.items() if name in allowed}
+    """`job.extra` as its backend may be passed it."""
+    return passed(job.extra, job.backend, job.kind)
 
 
 def env_prefix(backend: str) -> str:
