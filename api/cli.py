@@ -18,6 +18,7 @@ import click
 from dotenv import load_dotenv
 
 from api.requestlog import log
+from core.settings import DEFAULTS, Settings, SettingsError
 from registry.cli import CliError, backends, models
 from registry.db import database_url, init_db, make_engine
 
@@ -26,6 +27,10 @@ from registry.db import database_url, init_db, make_engine
 def main() -> None:
     """inference-router: one OpenAI-compatible front door for every LLM."""
     load_dotenv(override=False)
+    try:  # a bad setting is one line naming its variable, before any command reads it
+        Settings.load(os.environ)
+    except SettingsError as err:
+        raise CliError(str(err)) from None
 
 
 main.add_command(models)
@@ -60,9 +65,8 @@ def agents(as_json: bool) -> None:
 
     from tasks.connections import redis_client
     from tasks.liveness import Liveness
-    from tasks.settings import Settings
 
-    url = Settings.from_env(os.environ).redis_url
+    url = Settings.load(os.environ).redis_url
     liveness = Liveness(redis_client(url))
     with _redis_errors(url):
         workers = liveness.workers()
@@ -129,14 +133,14 @@ def backends_status(as_json: bool) -> None:
     from tasks.connections import redis_client
     from tasks.health import BackendHealth, BreakerPolicy, backend_report
     from tasks.liveness import Liveness
-    from tasks.settings import Settings
 
-    engine = make_engine(database_url(os.environ))
+    settings = Settings.load(os.environ)
+    engine = make_engine(settings.database_url)
     init_db(engine, os.environ, sync=False)
     infos = load_snapshot(engine).backends()
-    url = Settings.from_env(os.environ).redis_url
+    url = settings.redis_url
     client = redis_client(url)
-    health = BackendHealth(client, BreakerPolicy.from_env(os.environ))
+    health = BackendHealth(client, BreakerPolicy.from_settings(settings))
     with _redis_errors(url):
         rows = backend_report(
             health, Liveness(client), ((b.name, b.queue, b.enabled) for b in infos)
@@ -176,20 +180,20 @@ def _redis_errors(url: str) -> Iterator[None]:
 @main.command()
 @click.option(
     "--address",
-    default=lambda: os.environ.get("FLOWER_ADDRESS", "127.0.0.1"),
-    show_default="FLOWER_ADDRESS or 127.0.0.1",
+    default=lambda: Settings.load(os.environ).flower_address,
+    show_default=f"FLOWER_ADDRESS or {DEFAULTS.flower_address}",
 )
 @click.option(
     "--port",
     type=int,
-    default=lambda: int(os.environ.get("FLOWER_PORT", "5555")),
-    show_default="FLOWER_PORT or 5555",
+    default=lambda: Settings.load(os.environ).flower_port,
+    show_default=f"FLOWER_PORT or {DEFAULTS.flower_port}",
 )
 @click.option(
     "--events-idle",
     type=click.FloatRange(min=0, min_open=True),
-    default=lambda: float(os.environ.get("FLOWER_EVENTS_IDLE", "60")),
-    show_default="FLOWER_EVENTS_IDLE or 60",
+    default=lambda: Settings.load(os.environ).flower_events_idle,
+    show_default=f"FLOWER_EVENTS_IDLE or {DEFAULTS.flower_events_idle:g}",
     help="Seconds without a request to Flower before workers stop sending task events.",
 )
 @click.option(
@@ -203,7 +207,7 @@ def flower(address: str, port: int, events_idle: float, published_on_loopback: b
 
     Workers send task events only while someone watches Flower (see tasks/flower.py)."""
     loopback = address in ("127.0.0.1", "localhost", "::1") or published_on_loopback
-    if not loopback and not os.environ.get("FLOWER_BASIC_AUTH"):
+    if not loopback and not Settings.load(os.environ).flower_basic_auth:
         raise CliError(
             f"Flower on {address} would be open to the network: set FLOWER_BASIC_AUTH="
             "user:password (Flower reads it), or keep FLOWER_ADDRESS=127.0.0.1"

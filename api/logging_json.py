@@ -1,10 +1,10 @@
-"""Structured logs for the API: with ROUTER_LOG_JSON=1 every log line of the process
+"""Structured logs for the API: with ROUTER_LOG_JSON on every log line of the process
 (Flask, gunicorn, ours) is one JSON object carrying the request id, and job id when known.
 
 `init_app(app)` binds `g.request_id` into the log context at the start of each request, so
-that log lines (and `tasks.metrics.current_request_id()`, which ChatService.submit copies
+that log lines (and `core.logs.current_request_id()`, which ChatService.submit copies
 into the job so the worker logs it too) carry it. The formatter itself is
-`tasks.metrics.JsonFormatter`, shared with the workers, which may not import `api`.
+`core.logs.JsonFormatter`, shared with the workers, which may not import `api`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 from flask import Flask, g
 
-from tasks.metrics import JsonFormatter, json_logs_enabled, set_request_id, use_json_formatter
+from core.logs import JsonFormatter, set_request_id, use_json_formatter
+from core.settings import Settings
 
 __all__ = ["JsonFormatter", "configure_json_logging", "init_app"]
 
@@ -25,21 +26,23 @@ GUNICORN_LOGGERS = ("gunicorn.error", "gunicorn.access")
 
 def init_app(app: Flask) -> None:
     """Bind the request id into the log context for every request, and with LOG_JSON on
-    (ROUTER_LOG_JSON=1) switch the process's logging to JSON lines. Register after the
-    hook that sets `g.request_id`. Idempotent."""
+    (ROUTER_LOG_JSON) switch the process's logging to JSON lines at LOG_LEVEL. Register
+    after the hook that sets `g.request_id`. Idempotent."""
     if app.extensions.get("router_logging"):
         return
     app.extensions["router_logging"] = True
     app.before_request(_bind_request_id)
     app.teardown_request(_unbind_request_id)
-    if json_logs_enabled(app.config.get("LOG_JSON", "")):
-        configure_json_logging(app.config.get("LOG_LEVEL") or "INFO")
+    settings = Settings.from_config(app.config)
+    if settings.log_json:
+        configure_json_logging(settings.log_level)
         use_json_formatter(app.logger)
 
 
 def configure_json_logging(level: str | int = "INFO") -> logging.Handler:
     """JSON lines on stderr for the root logger (one handler, added once) and JSON for
-    the handlers gunicorn installed; the root logger's level becomes `level`."""
+    the handlers gunicorn installed; the root logger's level becomes `level` (a name such
+    as INFO, or a number: ROUTER_LOG_LEVEL=10 is DEBUG)."""
     root = logging.getLogger()
     ours = next((h for h in root.handlers if getattr(h, "_router_json", False)), None)
     if ours is None:
@@ -47,7 +50,8 @@ def configure_json_logging(level: str | int = "INFO") -> logging.Handler:
         ours._router_json = True  # type: ignore[attr-defined]
         root.addHandler(ours)
     use_json_formatter(root)
-    root.setLevel(level if isinstance(level, int) else str(level).upper())
+    given = str(level).strip()
+    root.setLevel(int(given) if given.isdigit() else given.upper())
     for name in GUNICORN_LOGGERS:
         use_json_formatter(logging.getLogger(name))
     return ours

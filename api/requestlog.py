@@ -1,12 +1,13 @@
 """The request log, written off the request path, kept for a retention period, and
 `irouter log tail` and `irouter log prune` to read and trim it.
 
-A request hands its finished entry to `RequestLogWriter.submit`, which never blocks: the
-entry goes on a bounded queue, or is dropped and counted when the queue is full (the
-database fell behind). One background thread per process takes entries off the queue and
-inserts them in batches, one transaction per batch, so SQLite sees a few writes a second
-however many requests there are. Under gunicorn's gevent workers the thread is a greenlet:
-each batch holds the hub for one executemany.
+What is recorded, and when, is api/accounting.py's: it hands each finished completion's
+entry to `RequestLogWriter.submit`, which never blocks: the entry goes on a bounded queue,
+or is dropped and counted when the queue is full (the database fell behind). One background
+thread per process takes entries off the queue and inserts them in batches, one transaction
+per batch, so SQLite sees a few writes a second however many requests there are. Under
+gunicorn's gevent workers the thread is a greenlet: each batch holds the hub for one
+executemany.
 
 The same thread prunes: after a batch, at most once an hour (`PRUNE_INTERVAL`), it deletes
 the entries older than ROUTER_REQUEST_LOG_RETENTION days (default 30; 0 keeps them all),
@@ -34,6 +35,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.metrics import record_log_drop
+from core.settings import DEFAULTS, Settings, spec
 from registry.requestlog import (
     DEFAULT_RETENTION_DAYS,
     PRUNE_BATCH,
@@ -47,12 +49,12 @@ from registry.requestlog import (
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUE = 10_000  # entries waiting for the database; more are dropped
-BATCH_SIZE = 500  # entries per INSERT transaction
+MAX_QUEUE = DEFAULTS.request_log_queue  # entries waiting for the database; more are dropped
+BATCH_SIZE = DEFAULTS.request_log_batch  # entries per INSERT transaction
 FLUSH_INTERVAL = 0.5  # seconds an entry may wait for companions before its batch is written
 PRUNE_INTERVAL = 3600.0  # seconds between one process's prunes of old entries
 PRUNE_BATCHES = 10  # DELETE transactions per prune; more left waits for the next batch
-RETENTION_SETTING = "ROUTER_REQUEST_LOG_RETENTION"
+RETENTION_SETTING = spec("request_log_retention").variable  # ROUTER_REQUEST_LOG_RETENTION
 
 
 class RequestLogWriter:
@@ -192,22 +194,17 @@ def init_app(app: Flask) -> RequestLogWriter | None:
         found: RequestLogWriter | None = app.extensions["requestlog"]
         return found
     writer = None
-    if _on(app.config.get("REQUEST_LOG", True)):
+    settings = Settings.from_config(app.config)
+    if settings.request_log:
         writer = RequestLogWriter(
-            app.extensions["router"].engine,
-            max_queue=int(app.config.get("REQUEST_LOG_QUEUE", MAX_QUEUE)),
-            batch_size=int(app.config.get("REQUEST_LOG_BATCH", BATCH_SIZE)),
-            retention_days=retention_days(
-                app.config.get("REQUEST_LOG_RETENTION", DEFAULT_RETENTION_DAYS)
-            ),
+            app.extensions["services"].engine,
+            max_queue=settings.request_log_queue,
+            batch_size=settings.request_log_batch,
+            retention_days=retention_days(settings.request_log_retention),
         )
         atexit.register(writer.close)
     app.extensions["requestlog"] = writer
     return writer
-
-
-def _on(value: Any) -> bool:
-    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def retention_days(value: Any) -> float:
@@ -311,8 +308,8 @@ def prune(days: float | None) -> None:
 
     if days is None:
         try:
-            days = retention_days(os.environ.get(RETENTION_SETTING, DEFAULT_RETENTION_DAYS))
-        except ValueError as exc:
+            days = retention_days(Settings.load(os.environ).request_log_retention)
+        except ValueError as exc:  # a SettingsError too: not a number
             raise click.ClickException(str(exc)) from None
         if days == 0:
             click.echo(f"{RETENTION_SETTING}=0 keeps every entry: nothing pruned")

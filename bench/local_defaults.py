@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.settings import Settings
 from workers.local.backend import LocalModel, off_main_thread
 from workers.local.loading import Loaded, default_model_ref, load
 from workers.local.sampling import Defaults
@@ -72,7 +73,7 @@ OPEN = [
     "Explain how rain forms.",
     "Describe your favourite food.",
 ]
-CACHE = Path(os.environ.get("ROUTER_MODEL_CACHE") or "~/.cache/inference-router").expanduser()
+CACHE = Path(Settings.load(os.environ).model_cache).expanduser()
 
 
 @dataclass
@@ -102,7 +103,7 @@ def in_process(
     loaded: Loaded, env: dict[str, str], todo: Todo, args: argparse.Namespace
 ) -> list[Answer]:
     """Every request through LocalModel.stream, `args.concurrency` at a time."""
-    model = LocalModel(loaded, args.concurrency, Defaults.from_env(env))
+    model = LocalModel(loaded, args.concurrency, Defaults.from_settings(Settings.load(env)))
 
     def ask(question: str, seed: int | None) -> Answer:
         parts, done = [], None
@@ -263,7 +264,7 @@ def _load() -> Loaded:
 
 
 def _settings(env: dict[str, str]) -> str:
-    d = Defaults.from_env(env)
+    d = Defaults.from_settings(Settings.load(env))
     return (
         f"temperature {d.temperature}, top_p {d.top_p}, repetition penalty "
         f"{d.repetition_penalty} over {d.penalty_window}, loop guard {d.loop_window or 'off'}"

@@ -22,13 +22,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from core.settings import DEFAULTS, Settings
 from registry.models import Backend
 from registry.seed import apply_seed, load_seed, sync_env
 
 log = logging.getLogger(__name__)
 
 #: Relative to the working directory, like the rest of `.run/` (Redis data, logs).
-DEFAULT_DATABASE_URL = "sqlite:///.run/router.db"
+DEFAULT_DATABASE_URL = DEFAULTS.database_url
 #: How long a SQLite connection waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 #: Tries of the whole create/seed/sync step when another process races us (non-SQLite).
@@ -44,8 +45,9 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def database_url(env: Mapping[str, str]) -> str:
-    """The registry URL: `DATABASE_URL` if set and non-empty, else the local SQLite file."""
-    return env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    """The registry URL: `DATABASE_URL` if set and non-empty, else the local SQLite file
+    (core.settings)."""
+    return Settings.load(env).database_url
 
 
 def _sqlite_file(url: URL) -> Path | None:

@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from core.settings import DEFAULTS
+
 PER_MILLION = 1_000_000  # registry prices are USD per 1M tokens
-DEFAULT_RETENTION_DAYS = 30.0  # ROUTER_REQUEST_LOG_RETENTION: days of entries kept (0: all)
+DEFAULT_RETENTION_DAYS = DEFAULTS.request_log_retention  # ROUTER_REQUEST_LOG_RETENTION (0: all)
 DAY = 86400.0
 PRUNE_BATCH = 2000  # rows per DELETE transaction: a concurrent writer waits for one at most
 

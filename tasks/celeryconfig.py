@@ -14,11 +14,11 @@ import sys
 
 from dotenv import load_dotenv
 
+from core.settings import Settings
 from tasks.pools import DEFAULT_CONCURRENCY, pool_for_argv
-from tasks.settings import Settings
 
 load_dotenv(override=False)
-_settings = Settings.from_env(os.environ)
+_settings = Settings.load(os.environ)
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
@@ -50,7 +50,8 @@ task_time_limit = int(_settings.request_timeout) + 60
 
 # threads for the bare local command; provider-only workers re-exec with -P gevent (pools.py)
 worker_pool = "threads"
-worker_concurrency = _settings.concurrency or DEFAULT_CONCURRENCY.get(pool_for_argv(sys.argv), 4)
+_by_pool = DEFAULT_CONCURRENCY.get(pool_for_argv(sys.argv), 4)
+worker_concurrency = _settings.worker_concurrency or _by_pool
 worker_hijack_root_logger = True
 worker_send_task_events = _settings.task_events
 task_send_sent_event = _settings.task_events

@@ -19,18 +19,18 @@ import orjson
 from celery import signals
 from celery.backends.base import DisabledBackend
 
-from tasks import app
+from core.logs import celery_json_logging, task_log_context_begin, task_log_context_end
+from tasks.celery import app
 from tasks.consumer import watch_consumer
 from tasks.dispatch import enqueue
 from tasks.execute import run_job
 from tasks.keys import KNOWN_QUEUES, TASK_NAME, task_name
 from tasks.liveness import Requeued
-from tasks.metrics import celery_json_logging, task_log_context_begin, task_log_context_end
 from tasks.runtime import runtime
 
 log = logging.getLogger(__name__)
 
-# ROUTER_LOG_JSON=1: JSON log lines, naming the job and its request while a task runs
+# ROUTER_LOG_JSON on: JSON log lines, naming the job and its request while a task runs
 signals.after_setup_logger.connect(celery_json_logging)
 signals.after_setup_task_logger.connect(celery_json_logging)
 signals.task_prerun.connect(task_log_context_begin)
@@ -73,17 +73,17 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
             task.backend = disabled
     for name in ("httpx", "httpx2"):  # the SDKs log one INFO line per upstream request
         logging.getLogger(name).setLevel(logging.WARNING)
+    rt = runtime()
     # Celery's "received" and "succeeded" lines, two per task: 3% of a provider worker's
-    # CPU, and Flower shows the same (ROUTER_TASK_LOG=1 keeps them). Failures still log.
-    if os.environ.get("ROUTER_TASK_LOG", "0") not in ("1", "true", "yes"):
+    # CPU, and Flower shows the same (ROUTER_TASK_LOG on keeps them). Failures still log.
+    if not rt.settings.task_log:
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    # a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH says otherwise)
-    os.environ.setdefault("LOCAL_MAX_BATCH", str(worker.concurrency))
-    rt = runtime()
     # Build every backend now: a broken one (a missing package, a bad model path) fails
-    # here, where it is announced with its reason, instead of once per request.
-    failed = rt.prepare(queues)
+    # here, where it is announced with its reason, instead of once per request. The local
+    # backend decodes a batch as wide as the threads that feed it (unless LOCAL_MAX_BATCH
+    # says otherwise).
+    failed = rt.prepare(queues, concurrency=worker.concurrency)
     serving = [q for q in queues if q not in failed]
     for queue in failed:
         worker.app.amqp.queues.deselect(queue)  # leave its jobs to a worker that can serve

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core.settings import DEFAULTS, Settings
+
 #: The oldest Redis that `make run` prefers; anything older runs, for development only.
 MIN_VERSION = (7, 2)
 #: `maxmemory` of `irouter redis` unless REDIS_MAXMEMORY says otherwise (0: no limit).
-DEFAULT_MAXMEMORY = "1gb"
+DEFAULT_MAXMEMORY = DEFAULTS.redis_maxmemory
 #: Never evict: an evicted key is a lost job, queue or token stream.
 EVICTION_POLICY = "noeviction"
 
@@ -126,14 +128,15 @@ def server_args(
 def exec_redis(env: Mapping[str, str], port: int | None, data_dir: str) -> None:
     """Replace this process with redis-server (so honcho's Ctrl-C reaches it directly),
     after saying so if it is a development-only build."""
+    settings = Settings.load(env)
     if port is None:
-        port = urlparse(env.get("REDIS_URL", "redis://127.0.0.1:6379/0")).port or 6379
+        port = urlparse(settings.redis_url).port or 6379
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     server = find_redis_server(env.get("PATH"))
     if not server.production_ready:
         print(development_only(server), file=sys.stderr, flush=True)
-    maxmemory = env.get("REDIS_MAXMEMORY", "").strip() or DEFAULT_MAXMEMORY
+    maxmemory = settings.redis_maxmemory.strip() or DEFAULT_MAXMEMORY
     args = server_args(port, path, maxmemory=maxmemory, binary=server.path)
     os.execv(args[0], args)
 

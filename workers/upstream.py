@@ -6,11 +6,12 @@ the retry loop that may retry a request only until its first chunk has been prod
                                       first chunk, with exponential backoff and jitter,
                                       honouring Retry-After; never retried after it
 
-Backends translate their SDK's exceptions into `UpstreamFailure` (status, message,
-retry_after) or a RouterError; this module decides the rest, once for all of them. It also
-marks what the upstream caused (`RouterError.upstream`, which feeds the circuit breaker):
-every error `status_error` builds, and every RouterError an open upstream request raises
-(a backend builds the request, and rejects what it cannot translate, before `retrying`).
+Backends translate their SDK's exceptions by a table each, all read one way
+(workers/failures.py), and an upstream's error answer comes here by its status; this
+module decides the rest, once for all of them. It also marks what the upstream caused
+(`RouterError.upstream`, which feeds the circuit breaker): every error `status_error`
+builds, and every RouterError an open upstream request raises (a backend builds the
+request, and rejects what it cannot translate, before `retrying`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from core.settings import DEFAULTS, Settings
 from workers.errors import (
     AuthenticationError,
     ConflictError,
@@ -126,20 +128,19 @@ def scrub(text: str, secrets: list[str]) -> str:
 class RetryPolicy:
     """Bounded exponential backoff with full jitter; Retry-After wins when given."""
 
-    retries: int = 2
-    base: float = 0.5
-    cap: float = 8.0
-    max_retry_after: float = 30.0
+    retries: int = DEFAULTS.upstream_retries
+    base: float = DEFAULTS.upstream_backoff  # seconds
+    cap: float = DEFAULTS.upstream_backoff_max  # seconds
+    max_retry_after: float = DEFAULTS.upstream_max_retry_after
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
         """ROUTER_UPSTREAM_RETRIES, _BACKOFF (base s), _BACKOFF_MAX (cap s), _MAX_RETRY_AFTER."""
-        d = cls()
         return cls(
-            retries=int(env.get("ROUTER_UPSTREAM_RETRIES", d.retries)),
-            base=float(env.get("ROUTER_UPSTREAM_BACKOFF", d.base)),
-            cap=float(env.get("ROUTER_UPSTREAM_BACKOFF_MAX", d.cap)),
-            max_retry_after=float(env.get("ROUTER_UPSTREAM_MAX_RETRY_AFTER", d.max_retry_after)),
+            retries=settings.upstream_retries,
+            base=settings.upstream_backoff,
+            cap=settings.upstream_backoff_max,
+            max_retry_after=settings.upstream_max_retry_after,
         )
 
     def delay(self, attempt: int, err: RouterError) -> float | None:

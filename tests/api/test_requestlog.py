@@ -22,6 +22,16 @@ from sqlalchemy import Engine
 from api import create_app, logging_json
 from api import requestlog as api_requestlog
 from api.requestlog import RequestLogWriter, log
+from core.logs import (
+    JsonFormatter,
+    bind_log_context,
+    celery_json_logging,
+    current_job_id,
+    current_request_id,
+    set_request_id,
+    task_log_context_begin,
+    task_log_context_end,
+)
 from registry.db import init_db, make_engine
 from registry.requestlog import (
     DAY,
@@ -32,16 +42,6 @@ from registry.requestlog import (
     prune_entries,
     recent_entries,
     write_entries,
-)
-from tasks.metrics import (
-    JsonFormatter,
-    bind_log_context,
-    celery_json_logging,
-    current_job_id,
-    current_request_id,
-    set_request_id,
-    task_log_context_begin,
-    task_log_context_end,
 )
 from tests.conftest import free_port
 
@@ -54,7 +54,7 @@ def db_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def log_db(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     init_db(eng, {})
     yield eng
@@ -83,34 +83,34 @@ def test_cost_uses_prices_per_million_tokens() -> None:
     assert cost_usd(10, 10, 0.0, 0.0) == 0.0
 
 
-def test_writer_batches_inserts(engine: Engine) -> None:
-    writer = RequestLogWriter(engine, batch_size=50, autostart=False)
+def test_writer_batches_inserts(log_db: Engine) -> None:
+    writer = RequestLogWriter(log_db, batch_size=50, autostart=False)
     for n in range(120):
         assert writer.submit(entry(n))
-    assert recent_entries(engine, 10) == []  # nothing written on the request path
+    assert recent_entries(log_db, 10) == []  # nothing written on the request path
     writer.start()
     writer.close()
     assert (writer.written, writer.batches, writer.dropped, writer.failed) == (120, 3, 0, 0)
-    stored = recent_entries(engine, 200)
+    stored = recent_entries(log_db, 200)
     assert [e.request_id for e in stored] == [f"req_{n:04d}" for n in range(120)]
     assert stored[0].cost_usd == pytest.approx(cost_usd(12, 34, 0.15, 0.60))
     assert stored[0].ttft_ms == 10.0 and stored[0].fallback is None and stored[0].key_name is None
 
 
-def test_writer_writes_within_the_flush_interval(engine: Engine) -> None:
-    writer = RequestLogWriter(engine, flush_interval=0.05)
+def test_writer_writes_within_the_flush_interval(log_db: Engine) -> None:
+    writer = RequestLogWriter(log_db, flush_interval=0.05)
     writer.submit(entry(1, fallback="gpt-4o"))
     give_up = time.monotonic() + 5
-    while not recent_entries(engine, 1) and time.monotonic() < give_up:
+    while not recent_entries(log_db, 1) and time.monotonic() < give_up:
         time.sleep(0.02)
-    [stored] = recent_entries(engine, 1)
+    [stored] = recent_entries(log_db, 1)
     assert stored.fallback == "gpt-4o" and stored.id is not None
     writer.close()
 
 
-def test_a_full_queue_drops_and_counts_without_blocking(engine: Engine) -> None:
+def test_a_full_queue_drops_and_counts_without_blocking(log_db: Engine) -> None:
     before = REGISTRY.get_sample_value("router_request_log_dropped_total") or 0.0
-    writer = RequestLogWriter(engine, max_queue=5, autostart=False)
+    writer = RequestLogWriter(log_db, max_queue=5, autostart=False)
     started = time.monotonic()
     accepted = [writer.submit(entry(n)) for n in range(8)]
     assert time.monotonic() - started < 0.5
@@ -120,7 +120,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(engine: Engine) -> None:
         assert after - before == 3
     writer.start()
     writer.close()
-    assert len(recent_entries(engine, 10)) == 5
+    assert len(recent_entries(log_db, 10)) == 5
 
 
 def test_the_writer_outlives_a_database_error(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_init_app_writes_to_the_registry_database(tmp_path: Path, db_url: str) -
     assert api_requestlog.init_app(app) is writer  # idempotent
     writer.submit(entry(7))
     writer.close()
-    assert [e.request_id for e in recent_entries(app.extensions["router"].engine, 5)] == [
+    assert [e.request_id for e in recent_entries(app.extensions["services"].engine, 5)] == [
         "req_0007"
     ]
     off = create_app({**config, "REQUEST_LOG": "0"})
@@ -156,8 +156,8 @@ def test_init_app_writes_to_the_registry_database(tmp_path: Path, db_url: str) -
 # -- irouter log tail ---------------------------------------------------------------------
 
 
-def test_log_tail_prints_the_last_entries(engine: Engine, db_url: str) -> None:
-    write_entries(engine, [entry(n, backend="local" if n % 2 else "openai") for n in range(5)])
+def test_log_tail_prints_the_last_entries(log_db: Engine, db_url: str) -> None:
+    write_entries(log_db, [entry(n, backend="local" if n % 2 else "openai") for n in range(5)])
     runner = CliRunner()
     table = runner.invoke(log, ["tail", "-n", "2"], env={"DATABASE_URL": db_url})
     assert table.exit_code == 0, table.output
@@ -179,8 +179,8 @@ def test_log_tail_on_an_empty_log(db_url: str) -> None:
     assert out.exit_code == 0 and out.output.splitlines() == [api_requestlog.HEADER]
 
 
-def test_log_tail_follow_prints_new_entries(engine: Engine, db_url: str) -> None:
-    write_entries(engine, [entry(1)])
+def test_log_tail_follow_prints_new_entries(log_db: Engine, db_url: str) -> None:
+    write_entries(log_db, [entry(1)])
     code = "from api.requestlog import log; log()"
     args = [
         sys.executable,
@@ -199,7 +199,7 @@ def test_log_tail_follow_prints_new_entries(engine: Engine, db_url: str) -> None
     try:
         assert proc.stdout is not None
         assert orjson.loads(proc.stdout.readline())["request_id"] == "req_0001"
-        write_entries(engine, [entry(2), entry(3)])
+        write_entries(log_db, [entry(2), entry(3)])
         later = [orjson.loads(proc.stdout.readline())["request_id"] for _ in range(2)]
         assert later == ["req_0002", "req_0003"]
     finally:
@@ -215,37 +215,37 @@ def aged(n: int, days: float, **kw: object) -> LogEntry:
     return entry(n, time=time.time() - days * DAY, **kw)
 
 
-def stored_ids(engine: Engine) -> list[str]:
-    return [e.request_id for e in recent_entries(engine, 10_000)]
+def stored_ids(log_db: Engine) -> list[str]:
+    return [e.request_id for e in recent_entries(log_db, 10_000)]
 
 
-def test_prune_deletes_only_entries_older_than_the_cutoff(engine: Engine) -> None:
-    write_entries(engine, [aged(n, 39.5 - n) for n in range(12)])  # 39.5 to 28.5 days old
+def test_prune_deletes_only_entries_older_than_the_cutoff(log_db: Engine) -> None:
+    write_entries(log_db, [aged(n, 39.5 - n) for n in range(12)])  # 39.5 to 28.5 days old
     cutoff = time.time() - 30 * DAY
-    assert prune_entries(engine, cutoff, batch=4, max_batches=2) == 8  # two transactions
-    assert stored_ids(engine)[0] == "req_0008"
-    assert prune_entries(engine, cutoff, batch=4) == 2  # the rest, oldest first
-    assert stored_ids(engine) == ["req_0010", "req_0011"]
-    assert prune_entries(engine, cutoff) == 0
+    assert prune_entries(log_db, cutoff, batch=4, max_batches=2) == 8  # two transactions
+    assert stored_ids(log_db)[0] == "req_0008"
+    assert prune_entries(log_db, cutoff, batch=4) == 2  # the rest, oldest first
+    assert stored_ids(log_db) == ["req_0010", "req_0011"]
+    assert prune_entries(log_db, cutoff) == 0
 
 
-def test_the_writer_prunes_old_entries_by_itself(engine: Engine) -> None:
-    write_entries(engine, [aged(n, 45) for n in range(3)] + [aged(3, 10)])
-    writer = RequestLogWriter(engine, flush_interval=0.01, retention_days=30)
+def test_the_writer_prunes_old_entries_by_itself(log_db: Engine) -> None:
+    write_entries(log_db, [aged(n, 45) for n in range(3)] + [aged(3, 10)])
+    writer = RequestLogWriter(log_db, flush_interval=0.01, retention_days=30)
     writer.submit(entry(4))
     writer.close()
-    assert stored_ids(engine) == ["req_0003", "req_0004"] and writer.pruned == 3
-    keep_all = RequestLogWriter(engine, flush_interval=0.01, retention_days=0)
-    write_entries(engine, [aged(5, 400)])
+    assert stored_ids(log_db) == ["req_0003", "req_0004"] and writer.pruned == 3
+    keep_all = RequestLogWriter(log_db, flush_interval=0.01, retention_days=0)
+    write_entries(log_db, [aged(5, 400)])
     keep_all.submit(entry(6))
     keep_all.close()
-    assert "req_0005" in stored_ids(engine) and keep_all.pruned == 0
+    assert "req_0005" in stored_ids(log_db) and keep_all.pruned == 0
 
 
-def test_the_writer_prunes_once_an_interval_and_catches_up_a_backlog(engine: Engine) -> None:
-    write_entries(engine, [aged(n, 60) for n in range(25)])
+def test_the_writer_prunes_once_an_interval_and_catches_up_a_backlog(log_db: Engine) -> None:
+    write_entries(log_db, [aged(n, 60) for n in range(25)])
     writer = RequestLogWriter(
-        engine, flush_interval=0.01, autostart=False, prune_batch=5, prune_batches=2
+        log_db, flush_interval=0.01, autostart=False, prune_batch=5, prune_batches=2
     )
 
     def one_batch(n: int) -> None:
@@ -259,13 +259,13 @@ def test_the_writer_prunes_once_an_interval_and_catches_up_a_backlog(engine: Eng
     assert writer.pruned == 10  # a pass is bounded: two transactions of five
     one_batch(101)  # a backlog is left: the next batch goes on with it
     one_batch(102)
-    assert writer.pruned == 25 and len(stored_ids(engine)) == 3
-    write_entries(engine, [aged(200, 60)])
+    assert writer.pruned == 25 and len(stored_ids(log_db)) == 3
+    write_entries(log_db, [aged(200, 60)])
     one_batch(103)  # nothing was left last time: not again before the interval is over
-    assert writer.pruned == 25 and "req_0200" in stored_ids(engine)
+    assert writer.pruned == 25 and "req_0200" in stored_ids(log_db)
     writer.prune_interval, writer._next_prune = 0.0, 0.0
     one_batch(104)
-    assert writer.pruned == 26 and "req_0200" not in stored_ids(engine)
+    assert writer.pruned == 26 and "req_0200" not in stored_ids(log_db)
 
 
 def test_the_retention_comes_from_router_request_log_retention(tmp_path: Path, db_url: str) -> None:
@@ -280,20 +280,20 @@ def test_the_retention_comes_from_router_request_log_retention(tmp_path: Path, d
             api_requestlog.init_app(create_app({**config, "REQUEST_LOG_RETENTION": bad}))
 
 
-def test_log_prune_deletes_what_is_past_the_retention(engine: Engine, db_url: str) -> None:
-    write_entries(engine, [aged(1, 90), aged(2, 40), aged(3, 20), aged(4, 6), entry(5)])
+def test_log_prune_deletes_what_is_past_the_retention(log_db: Engine, db_url: str) -> None:
+    write_entries(log_db, [aged(1, 90), aged(2, 40), aged(3, 20), aged(4, 6), entry(5)])
     runner = CliRunner()
     env = {"DATABASE_URL": db_url, "ROUTER_REQUEST_LOG_RETENTION": None}
     out = runner.invoke(log, ["prune"], env=env)  # the default: 30 days
     assert out.exit_code == 0, out.output
     assert out.output.strip() == "pruned 2 request-log entries older than 30 days"
     out = runner.invoke(log, ["prune"], env={**env, "ROUTER_REQUEST_LOG_RETENTION": "10"})
-    assert "pruned 1 " in out.output and stored_ids(engine) == ["req_0004", "req_0005"]
+    assert "pruned 1 " in out.output and stored_ids(log_db) == ["req_0004", "req_0005"]
     out = runner.invoke(log, ["prune", "--older-than", "0.5"], env=env)
-    assert "pruned 1 " in out.output and stored_ids(engine) == ["req_0005"]
+    assert "pruned 1 " in out.output and stored_ids(log_db) == ["req_0005"]
     off = runner.invoke(log, ["prune"], env={**env, "ROUTER_REQUEST_LOG_RETENTION": "0"})
     assert off.exit_code == 0 and "nothing pruned" in off.output
-    assert stored_ids(engine) == ["req_0005"]
+    assert stored_ids(log_db) == ["req_0005"]
     refused = runner.invoke(log, ["prune", "--older-than", "0"], env=env)
     assert refused.exit_code == 2 and "--older-than" in refused.output
 

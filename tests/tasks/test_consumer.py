@@ -213,10 +213,10 @@ def test_the_heartbeat_announces_only_what_the_watch_lets_it(stack, r) -> None: 
     a stalled consumer's worker stays alive but is counted on none of its queues."""
     from celery import signals
 
+    from core.settings import Settings
     from tasks import keys
     from tasks.consumer import watch_consumer
     from tasks.runtime import Heartbeat, WorkerRuntime
-    from tasks.settings import Settings
 
     url = stack.redis_url.rsplit("/", 1)[0] + "/5"
     rt = WorkerRuntime(Settings(redis_url=url), {})

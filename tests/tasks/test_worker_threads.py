@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import redis
 
+from core.settings import Settings
 from tasks import keys
 from tasks.connections import KEEPALIVE_COUNT, KEEPALIVE_IDLE
 from tasks.events import token_fields
 from tasks.publisher import EventPublisher
 from tasks.runtime import WorkerRuntime
-from tasks.settings import Settings
 from tasks.stopper import RunningJobs, Stopper
 
 
@@ -120,7 +120,7 @@ def black_hole() -> Iterator[str]:
 
 def test_a_command_redis_never_answers_times_out(black_hole: str) -> None:
     env = {"REDIS_URL": black_hole, "ROUTER_REDIS_TIMEOUT": "0.5"}
-    rt = WorkerRuntime(Settings.from_env(env), env)
+    rt = WorkerRuntime(Settings.load(env), env)
     outcome: list[BaseException | None] = []
 
     def command() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from workers.errors import ContextLengthExceeded, InvalidRequestError, RouterError
 from workers.local import (
     LocalBackend,
@@ -265,17 +266,18 @@ def test_backend_routes_by_upstream_name_and_announces(local: LocalBackend) -> N
 
 def test_model_specs_from_the_environment(tmp_path: Path) -> None:
     default = default_model_ref()
-    assert model_specs({}) == [("smollm2-135m", default)]
-    assert model_specs({"LOCAL_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}) == [
+    assert model_specs(Settings.load({})) == [("smollm2-135m", default)]
+    assert model_specs(Settings.load({"LOCAL_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"})) == [
         ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct")
     ]
     (tmp_path / "my-llama").mkdir()
     two = f"smollm2-135m=,llama={tmp_path / 'my-llama'}"
-    assert model_specs({"LOCAL_MODELS": two}) == [
+    assert model_specs(Settings.load({"LOCAL_MODELS": two})) == [
         ("smollm2-135m", default),
         ("llama", str(tmp_path / "my-llama")),
     ]
-    assert model_specs({"LOCAL_MODEL": str(tmp_path / "my-llama")})[0][0] == "my-llama"
+    llama = Settings.load({"LOCAL_MODEL": str(tmp_path / "my-llama")})
+    assert model_specs(llama)[0][0] == "my-llama"
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.settings import Settings
 from workers.local.backend import LocalModel
 from workers.local.loading import default_model_ref, load
 from workers.local.quant import GROUP, Int4Linear, Int8Linear
@@ -45,7 +46,7 @@ def test_int4_is_exact_for_weights_on_a_q4_1_grid() -> None:
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_quantized_model_answers_sensibly(precision: str) -> None:
-    cache = Path(os.environ.get("ROUTER_MODEL_CACHE") or "~/.cache/inference-router").expanduser()
+    cache = Path(Settings.load(os.environ).model_cache).expanduser()
     loaded = load("smollm2-135m", default_model_ref(), "cpu", precision, cache / "models")
     assert loaded.precision == precision
     model = LocalModel(loaded, capacity=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.settings import Settings
 from workers.local.sampling import Defaults, LoopGuard, Sampler, sets_own_sampling
 from workers.protocol import Sampling
 
@@ -136,8 +137,8 @@ def test_defaults_come_from_the_environment() -> None:
         "LOCAL_PENALTY_WINDOW": "32",
         "LOCAL_LOOP_WINDOW": "0",
     }
-    assert Defaults.from_env(env) == Defaults(0.5, 0.8, 1.3, 32, 0)
-    assert Defaults.from_env({}) == Defaults()
+    assert Defaults.from_settings(Settings.load(env)) == Defaults(0.5, 0.8, 1.3, 32, 0)
+    assert Defaults.from_settings(Settings()) == Defaults()
     assert Defaults() == Defaults(0.2, 0.5, 1.1, 64, 64)  # bench/local_defaults.py "new"
 
 

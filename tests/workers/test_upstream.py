@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.settings import Settings
 from workers.errors import (
     AuthenticationError,
     GatewayTimeoutError,
@@ -79,9 +80,9 @@ def test_policy_delays() -> None:
     assert policy.delay(1, GatewayTimeoutError("x")) is not None
 
 
-def test_policy_from_env() -> None:
+def test_policy_from_settings() -> None:
     env = {"ROUTER_UPSTREAM_RETRIES": "5", "ROUTER_UPSTREAM_BACKOFF": "0.01"}
-    policy = RetryPolicy.from_env(env)
+    policy = RetryPolicy.from_settings(Settings.load(env))
     assert (policy.retries, policy.base, policy.cap) == (5, 0.01, 8.0)
 
 

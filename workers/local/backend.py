@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.settings import Settings
 from workers.errors import ContextLengthExceeded, ServiceUnavailableError
 from workers.local.engine import BatchEngine, Finish, Request
 from workers.local.loading import Loaded, load, model_specs, pick_device
@@ -143,17 +144,19 @@ class LocalBackend:
         self.models = models
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> LocalBackend:
+    def from_env(cls, env: Mapping[str, str], concurrency: int | None = None) -> LocalBackend:
         """Load LOCAL_MODELS / LOCAL_MODEL (default: SmolLM2) on LOCAL_DEVICE at LOCAL_DTYPE,
-        with LOCAL_MAX_BATCH concurrent requests per model and the LOCAL_* sampling defaults
-        (`Defaults.from_env`), and warm each one up."""
-        cache = Path(env.get("ROUTER_MODEL_CACHE") or "~/.cache/inference-router").expanduser()
-        device = pick_device(env.get("LOCAL_DEVICE", "auto"))
-        precision = env.get("LOCAL_DTYPE", "auto")
-        capacity = int(env.get("LOCAL_MAX_BATCH", DEFAULT_BATCH))
-        defaults = Defaults.from_env(env)
+        with LOCAL_MAX_BATCH concurrent requests per model (unset: the worker's
+        `concurrency`, else DEFAULT_BATCH) and the LOCAL_* sampling defaults, and warm each
+        one up."""
+        settings = Settings.load(env)
+        cache = Path(settings.model_cache).expanduser()
+        device = pick_device(settings.local_device)
+        precision = settings.local_dtype
+        capacity = settings.local_max_batch or concurrency or DEFAULT_BATCH
+        defaults = Defaults.from_settings(settings)
         models = {}
-        for name, ref in model_specs(env):
+        for name, ref in model_specs(settings):
 
             def prepare(name: str = name, ref: str = ref) -> LocalModel:
                 loaded = load(name, ref, device, precision, cache / "models")

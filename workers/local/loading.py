@@ -13,13 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.settings import Settings
 from workers.local.quant import quantize
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,16 @@ def load(name: str, ref: str, device: str, precision: str, cache_root: Path) -> 
     return Loaded(name, model, tokenizer, device, label)
 
 
-def model_specs(env: Mapping[str, str]) -> list[tuple[str, str]]:
+def model_specs(settings: Settings) -> list[tuple[str, str]]:
     """(name, ref) for each model this worker serves, from LOCAL_MODELS or LOCAL_MODEL.
 
     LOCAL_MODELS=name=ref,name2=ref2 (a bare ref is named after itself); LOCAL_MODEL=ref is
     one model named after its file or directory. Unset: SmolLM2 as `smollm2-135m`. The
     name is what registry models on a local backend give as their `upstream`.
     """
-    entries = [e.strip() for e in env.get("LOCAL_MODELS", "").split(",") if e.strip()]
-    if not entries and env.get("LOCAL_MODEL"):
-        entries = [env["LOCAL_MODEL"]]
+    entries = [e.strip() for e in (settings.local_models or "").split(",") if e.strip()]
+    if not entries and settings.local_model:
+        entries = [settings.local_model]
     if not entries:
         return [(DEFAULT_NAME, default_model_ref())]
     specs = []

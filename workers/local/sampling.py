@@ -10,11 +10,11 @@ OpenAI's defaults (temperature 1, top_p 1, no penalty, no guard) for what it lef
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
+from core.settings import DEFAULTS, Settings
 from workers.protocol import Sampling
 
 NUCLEUS_K = 256
@@ -35,22 +35,22 @@ class Defaults:
     loops; the loop guard ends any that still form.
     """
 
-    temperature: float = 0.2  # LOCAL_TEMPERATURE
-    top_p: float = 0.5  # LOCAL_TOP_P
-    repetition_penalty: float = 1.1  # LOCAL_REPETITION_PENALTY; 1 = none
-    penalty_window: int = 64  # LOCAL_PENALTY_WINDOW: how many of the last generated tokens
-    loop_window: int = 64  # LOCAL_LOOP_WINDOW; 0 = no loop guard
+    temperature: float = DEFAULTS.local_temperature  # LOCAL_TEMPERATURE
+    top_p: float = DEFAULTS.local_top_p  # LOCAL_TOP_P
+    repetition_penalty: float = DEFAULTS.local_repetition_penalty  # 1 = none
+    penalty_window: int = DEFAULTS.local_penalty_window  # how many last generated tokens
+    loop_window: int = DEFAULTS.local_loop_window  # 0 = no loop guard
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Defaults:
-        """The LOCAL_* settings, each falling back to the default above."""
-        d = cls()
+    def from_settings(cls, settings: Settings) -> Defaults:
+        """The worker's LOCAL_TEMPERATURE, _TOP_P, _REPETITION_PENALTY, _PENALTY_WINDOW and
+        _LOOP_WINDOW (core.settings)."""
         return cls(
-            temperature=float(env.get("LOCAL_TEMPERATURE", d.temperature)),
-            top_p=float(env.get("LOCAL_TOP_P", d.top_p)),
-            repetition_penalty=float(env.get("LOCAL_REPETITION_PENALTY", d.repetition_penalty)),
-            penalty_window=int(env.get("LOCAL_PENALTY_WINDOW", d.penalty_window)),
-            loop_window=int(env.get("LOCAL_LOOP_WINDOW", d.loop_window)),
+            temperature=settings.local_temperature,
+            top_p=settings.local_top_p,
+            repetition_penalty=settings.local_repetition_penalty,
+            penalty_window=settings.local_penalty_window,
+            loop_window=settings.local_loop_window,
         )
 
     def sampler(self, params: Sampling, vocab: int) -> Sampler:
