@@ -28,6 +28,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY api ./api
+COPY core ./core
 COPY tasks ./tasks
 COPY workers ./workers
 COPY registry ./registry

@@ -40,7 +40,7 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api tasks workers registry
+	$(BIN)/mypy api core tasks workers registry
 
 # Write $(CONSTRAINTS) from pip's resolution of the project with its dev extra (and TORCH),
 # which pip does without installing anything:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fakes.providers import MODELS, provider_env, start_provider_fakes, stop_all  # noqa: E402
 
 LOCAL_MODEL = "smollm2-135m"
-PACKAGES = ("api", "tasks", "workers", "registry")
+PACKAGES = ("api", "core", "tasks", "workers", "registry")
 DEV_ONLY = "pytest"  # importable in the dev venv only: proves the copy's venv is runtime-only
 #: variables of the caller's environment a newcomer would not have
 FOREIGN = {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL", "DATABASE_URL", "MFLAGS"}

@@ -11,10 +11,11 @@ from __future__ import annotations
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from core import kinds
 from registry.requestlog import RequestLog as RequestLog  # init_db creates its table
 
-#: Backend kinds the workers implement (one worker module per kind).
-KINDS: tuple[str, ...] = ("local", "openai-compatible", "anthropic", "google", "llm-d")
+#: Backend kinds the workers implement: the rows of core.kinds.
+KINDS: tuple[str, ...] = tuple(kinds.KINDS)
 
 #: How a model picks among its live deployments; the first is the default.
 POLICIES: tuple[str, ...] = ("priority", "least-loaded", "latency", "weighted")

@@ -157,7 +157,7 @@ def run_flower(address: str, port: int, idle: float) -> None:
     from celery.bin.celery import celery as celery_cli
     from flower.urls import settings as flower_settings
 
-    from tasks import app
+    from tasks.celery import app
 
     switch = EventSwitch(app, idle)
     flower_settings["log_function"] = switch.request_done

@@ -15,7 +15,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tasks.keys import LOCAL_QUEUE, PROVIDER_QUEUES
+from core.kinds import KINDS
+from tasks.keys import LOCAL_QUEUE
+from workers.providers import queue_kind
 
 DEFAULT_CONCURRENCY = {"threads": 8, "gevent": 1000}  # threads: one per batch slot
 
@@ -32,9 +34,11 @@ def _option(argv: Sequence[str], short: str, long: str) -> str | None:
 
 
 def pool_for_queues(queues: Sequence[str]) -> str:
-    """gevent only when every queue is a provider queue; threads for anything local."""
+    """gevent only when every queue's kind runs on gevent (the provider queues of
+    providers.json); threads for anything local."""
     names = [q.strip() for q in queues if q.strip()]
-    return "gevent" if names and set(names) <= PROVIDER_QUEUES else "threads"
+    pools = {KINDS[queue_kind(name, {})].pool for name in names}
+    return "gevent" if pools == {"gevent"} else "threads"
 
 
 def pool_for_argv(argv: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_DIRS = ("api", "tasks", "workers", "registry")
+RUNTIME_DIRS = ("api", "core", "tasks", "workers", "registry")
 DEV_DIRS = ("tests", "bench")
 LOCAL = {*RUNTIME_DIRS, *DEV_DIRS}
 SCRIPT_DIRS = (ROOT / "bench",)  # run as `python bench/x.py`: their siblings are importable

@@ -1,4 +1,4 @@
-"""The Backend protocol every worker module implements, and the factory that picks one.
+"""The Backend protocol every worker module implements, and how a worker builds one.
 
 A backend turns a ChatJob into an iterator of Chunk, ending with one Done. It raises a
 `workers.errors.RouterError` for anything the client should see. Closing the iterator
@@ -9,9 +9,11 @@ on it, so a backend waiting on a silent upstream should yield one whenever it ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from importlib import import_module
 from typing import Protocol
 
+from core.kinds import kind_info
 from workers.errors import RouterError
 from workers.protocol import ChatJob, Chunk, Done
 
@@ -22,55 +24,16 @@ class Backend(Protocol):
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]: ...
 
 
-BackendFactory = Callable[[Mapping[str, str]], Backend]
-
-
-def _local(env: Mapping[str, str]) -> Backend:
-    from workers.local import LocalBackend
-
-    return LocalBackend.from_env(env)
-
-
-def _openai_compat(env: Mapping[str, str]) -> Backend:
-    from workers.openai_compat import OpenAICompatBackend
-
-    return OpenAICompatBackend.from_env(env)
-
-
-def _anthropic(env: Mapping[str, str]) -> Backend:
-    from workers.anthropic import AnthropicBackend
-
-    return AnthropicBackend.from_env(env)
-
-
-def _google(env: Mapping[str, str]) -> Backend:
-    from workers.google import GoogleBackend
-
-    return GoogleBackend.from_env(env)
-
-
-def _llmd(env: Mapping[str, str]) -> Backend:
-    from workers.llmd import LlmdBackend
-
-    return LlmdBackend.from_env(env)
-
-
-#: backend kind -> factory(env). Imports are deferred so a provider worker never loads torch.
-FACTORIES: dict[str, BackendFactory] = {
-    "local": _local,
-    "openai-compatible": _openai_compat,
-    "anthropic": _anthropic,
-    "google": _google,
-    "llm-d": _llmd,
-}
-
-
-def create_backend(kind: str, env: Mapping[str, str]) -> Backend:
-    """Build the backend for `kind`, configured from the worker's environment."""
-    try:
-        factory = FACTORIES[kind]
-    except KeyError:
+def create_backend(kind: str, env: Mapping[str, str], concurrency: int | None = None) -> Backend:
+    """Build the backend for `kind` (its row in core.kinds), configured from the
+    worker's environment. The module is imported only now, so a provider worker never
+    loads torch. Every backend class has `from_env(env, concurrency)`: `concurrency` is how
+    many jobs the worker runs at once (the local backend decodes a batch that wide)."""
+    info = kind_info(kind)
+    if info is None:
         raise RouterError(
             f"This worker has no backend for kind `{kind}`.", code="unsupported_backend"
-        ) from None
-    return factory(env)
+        )
+    module, name = info.factory.split(":")
+    backend: Backend = getattr(import_module(module), name).from_env(env, concurrency)
+    return backend

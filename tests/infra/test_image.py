@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.infra.conftest import ROOT, check_api_start_script
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-PACKAGES = ("api", "tasks", "workers", "registry")
+PACKAGES = ("api", "core", "tasks", "workers", "registry")
 
 
 def arg(name: str) -> str:

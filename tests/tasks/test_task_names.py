@@ -13,7 +13,7 @@ def test_known_queues_get_their_own_task_name() -> None:
 
 def test_the_worker_registers_every_name() -> None:
     import tasks.generate  # noqa: F401 - registers the tasks
-    from tasks import app
+    from tasks.celery import app
 
     for queue in KNOWN_QUEUES:
         assert task_name(queue) in app.tasks
