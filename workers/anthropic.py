@@ -5,24 +5,40 @@ API, streamed (raw events) and reshaped into OpenAI chunks.
     for item in backend.stream(job): ...     # Chunk(delta / tool_calls)..., then one Done
 
 Request translation lives in `workers.anthropic_translate`; this module owns the SDK
-clients, the stream events -> Chunk/Done mapping, and SDK errors -> RouterError.
+clients (workers/clients.py), the stream events -> Chunk/Done mapping, and the table of SDK
+errors -> RouterError (read as every provider's is: workers/failures.py).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import anthropic
 import httpx2
 
+from core.settings import Settings
 from workers.anthropic_translate import AnthropicRequest, build_request
-from workers.errors import GatewayTimeoutError, RouterError, UpstreamError
+from workers.clients import ClientBackend
+from workers.errors import UpstreamError
+from workers.failures import (
+    DROPPED,
+    FAILED,
+    TIMEOUT,
+    UNREACHED,
+    UNREADABLE,
+    Answer,
+    Answered,
+    Failure,
+    Table,
+    caught,
+    ended_early,
+    translate,
+)
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, endpoint
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
+from workers.upstream import RetryPolicy, retry_after_seconds, retrying
 
 #: Anthropic stop_reason -> OpenAI finish_reason.
 FINISH_REASONS = {
@@ -50,39 +66,20 @@ ERROR_TYPE_STATUS = {
     "overloaded_error": 529,
 }
 
-ClientKey = tuple[str | None, str | None, tuple[tuple[str, str], ...], float, float]
 
-
-class AnthropicBackend:
+class AnthropicBackend(ClientBackend[anthropic.Anthropic]):
     """Streams chat jobs from the Anthropic Messages API; one per worker process, shared by
-    its greenlets/threads (SDK clients are cached per endpoint under a lock)."""
+    its greenlets/threads (SDK clients are cached per endpoint: workers/clients.py)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self._clients: dict[ClientKey, anthropic.Anthropic] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AnthropicBackend:
-        """The backend for a worker whose environment is `env` (keys, base URLs, retries)."""
-        return cls(env)
-
-    def client(self, ep: Endpoint) -> anthropic.Anthropic:
-        """The SDK client for `ep`, made once. The SDK never retries: `retrying` does."""
-        key: ClientKey = (ep.base_url, ep.key, tuple(sorted(ep.headers.items())), ep.timeout,
-                          ep.connect_timeout)  # fmt: skip
-        with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = anthropic.Anthropic(
-                    api_key=ep.key,
-                    base_url=ep.base_url,
-                    default_headers=ep.headers,
-                    max_retries=0,
-                    timeout=anthropic.Timeout(ep.timeout, connect=ep.connect_timeout),
-                )
-                self._clients[key] = client
-            return client
+    def new_client(self, ep: Endpoint, headers: Mapping[str, str]) -> anthropic.Anthropic:
+        """The SDK's client, its own retries off: `retrying` decides."""
+        return anthropic.Anthropic(
+            api_key=ep.key,
+            base_url=ep.base_url,
+            default_headers=dict(headers),
+            max_retries=0,
+            timeout=anthropic.Timeout(ep.timeout, connect=ep.connect_timeout),
+        )
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
         """Chunks of `job`'s answer, then one Done. A request the backend cannot translate
@@ -95,7 +92,7 @@ class AnthropicBackend:
         def open_stream() -> Iterator[Chunk | Done]:
             return stream_messages(client, request, ep)
 
-        policy = RetryPolicy.from_env(self.env)
+        policy = RetryPolicy.from_settings(Settings.load(self.env))
         return retrying(open_stream, policy, deadline=job.deadline, what=job.backend)
 
 
@@ -109,16 +106,14 @@ def stream_messages(
     try:
         events = client.messages.create(**request.params, stream=True)
     except SDK_ERRORS as exc:
-        raise upstream_error(exc, ep) from None
+        raise translate(exc, FAILURES, ep) from None
     translator = StreamTranslator(request.json_tool)
     try:
         for event in guarded(events, ep):
             yield from translator.feed(event)
             if translator.done:
                 return
-        raise UpstreamError(
-            f"The {ep.backend} upstream ended its stream before `message_stop` (truncated)."
-        )
+        raise UpstreamError(ended_early(ep.backend, "`message_stop`"))
     finally:
         events.close()
 
@@ -128,7 +123,7 @@ def guarded(events: anthropic.Stream[Any], ep: Endpoint) -> Iterator[Any]:
     try:
         yield from events
     except SDK_ERRORS as exc:
-        raise upstream_error(exc, ep) from None
+        raise translate(exc, FAILURES, ep, midstream=True) from None
 
 
 class StreamTranslator:
@@ -208,66 +203,29 @@ class StreamTranslator:
 
 
 # -- errors -----------------------------------------------------------------------------
-def _from_status(exc: Exception, ep: Endpoint) -> RouterError:
-    """An HTTP error answer, or an SSE `error` event (its status is then the stream's 200)."""
-    assert isinstance(exc, anthropic.APIStatusError)
+def _answer(exc: anthropic.APIStatusError) -> Answer:
+    """An HTTP error answer, or an SSE `error` event (its status is then the stream's 200,
+    and its error type says which status it stands for)."""
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error")
     error = error if isinstance(error, dict) else {}
-    kind = str(error.get("type") or "error")
+    kind = str(error.get("type") or "") or None
     message = str(error.get("message") or exc.message)
     if exc.status_code >= 400:
-        status, retry_after = exc.status_code, retry_after_seconds(exc.response.headers)
-        text = f"The {ep.backend} upstream answered {status} ({kind}): {message}"
-    else:
-        status, retry_after = ERROR_TYPE_STATUS.get(kind, 502), None
-        text = f"The {ep.backend} upstream failed mid-stream ({kind}): {message}"
-    return status_error(status, scrub(text, ep.secrets()), retry_after=retry_after)
+        retry_after = retry_after_seconds(exc.response.headers)
+        return Answer(exc.status_code, message, label=kind, retry_after=retry_after)
+    status = ERROR_TYPE_STATUS.get(kind or "", 502)
+    return Answer(status, message, label=kind, in_stream=True)
 
 
-def _timed_out(exc: Exception, ep: Endpoint) -> RouterError:
-    limits = f"connect {ep.connect_timeout:g}s, read {ep.timeout:g}s"
-    return GatewayTimeoutError(f"The {ep.backend} upstream timed out ({limits}).")
-
-
-def _unreachable(exc: Exception, ep: Endpoint) -> RouterError:
-    return UpstreamError(f"Could not connect to the {ep.backend} upstream at {ep.base_url}.",
-                         code="upstream_unreachable")  # fmt: skip
-
-
-def _broken(exc: Exception, ep: Endpoint) -> RouterError:
-    detail = scrub(str(exc) or type(exc).__name__, ep.secrets())
-    return UpstreamError(f"The {ep.backend} upstream connection broke mid-stream: {detail}")
-
-
-def _garbled(exc: Exception, ep: Endpoint) -> RouterError:
-    detail = scrub(str(exc), ep.secrets())
-    return UpstreamError(f"The {ep.backend} upstream sent an unreadable stream event: {detail}")
-
-
-def _failed(exc: Exception, ep: Endpoint) -> RouterError:
-    detail = scrub(str(exc) or type(exc).__name__, ep.secrets())
-    return UpstreamError(f"The {ep.backend} upstream call failed: {detail}")
-
-
-#: SDK / transport exception -> the RouterError builder; the first matching row wins
-#: (APITimeoutError is an APIConnectionError, so it comes first).
-FAILURES: tuple[tuple[type[Exception], Callable[[Exception, Endpoint], RouterError]], ...] = (
-    (anthropic.APIStatusError, _from_status),
-    (anthropic.APITimeoutError, _timed_out),
-    (httpx2.TimeoutException, _timed_out),
-    (anthropic.APIConnectionError, _unreachable),
-    (httpx2.TransportError, _broken),
-    (json.JSONDecodeError, _garbled),
-    (anthropic.AnthropicError, _failed),
-)
-SDK_ERRORS = tuple(cls for cls, _ in FAILURES)
-
-
-def upstream_error(exc: Exception, ep: Endpoint) -> RouterError:
-    """The one translation of an SDK or transport exception into the client's RouterError;
-    upstream messages are relayed with the endpoint's secrets scrubbed."""
-    for cls, build in FAILURES:
-        if isinstance(exc, cls):
-            return build(exc, ep)
-    return _failed(exc, ep)
+#: What the SDK and its transport raise -> what the client sees (workers/failures.py).
+FAILURES: Table = {
+    anthropic.APIStatusError: Answered(_answer),
+    anthropic.APITimeoutError: TIMEOUT,
+    httpx2.TimeoutException: TIMEOUT,
+    anthropic.APIConnectionError: UNREACHED,
+    httpx2.TransportError: Failure(UpstreamError, DROPPED),
+    json.JSONDecodeError: Failure(UpstreamError, UNREADABLE),
+    anthropic.AnthropicError: FAILED,
+}
+SDK_ERRORS = caught(FAILURES)

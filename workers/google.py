@@ -2,9 +2,10 @@
 streamed from `models/{model}:streamGenerateContent` and made to look exactly like OpenAI.
 
 Request translation lives in `workers.google_translate`; this module owns the SDK
-clients (one per base URL, key and headers), reading the stream into Chunks and one
-Done, the single mapping of SDK and transport exceptions to RouterErrors, retries (ours,
-never the SDK's) and cancellation.
+clients (workers/clients.py: one per base URL, key, headers and timeouts), reading the
+stream into Chunks and one Done, the table of SDK and transport exceptions -> RouterErrors
+(read as every provider's is: workers/failures.py), retries (ours, never the SDK's) and
+cancellation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import importlib
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,19 +23,32 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from workers.errors import GatewayTimeoutError, RouterError, UpstreamError
+from core.settings import Settings
+from workers.clients import ClientBackend
+from workers.errors import UpstreamError
+from workers.failures import (
+    DROPPED,
+    TIMEOUT,
+    UNREACHED,
+    UNREADABLE,
+    Answer,
+    Answered,
+    Failure,
+    Table,
+    caught,
+    ended_early,
+    translate,
+)
 from workers.google_translate import gemini_request
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, endpoint
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
+from workers.upstream import RetryPolicy, retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
 
 #: The Gemini API version with everything we translate to (JSON schema output, logprobs,
 #: thought signatures); the SDK would otherwise pick v1, or GOOGLE_GENAI_API_VERSION.
 API_VERSION = "v1beta"
-
-ClientKey = tuple[str, str, tuple[tuple[str, str], ...], float, float]
 
 
 def _http_libraries() -> list[Any]:
@@ -73,30 +86,6 @@ FINISH_REASONS = {
     ),
 }
 
-#: Failures with no HTTP status, by class (first match wins) -> (error, code, what happened).
-TRANSPORT_ERRORS: list[tuple[tuple[type[BaseException], ...], type[RouterError], str, str]] = [
-    (_classes("TimeoutException"), GatewayTimeoutError, "timeout", "timed out"),
-    (_classes("ConnectError"), UpstreamError, "upstream_unreachable", "could not be reached"),
-    (
-        _classes("TransportError"),
-        UpstreamError,
-        "upstream_stream_broken",
-        "dropped the connection",
-    ),
-    (
-        (genai_errors.UnknownApiResponseError, pydantic.ValidationError),
-        UpstreamError,
-        "upstream_bad_response",
-        "sent a response that is not a GenerateContentResponse",
-    ),
-]
-
-#: What the SDK or transport may raise while a stream is open: translated, never leaked.
-SDK_ERRORS: tuple[type[BaseException], ...] = (
-    genai_errors.APIError,
-    *(cls for classes, *_ in TRANSPORT_ERRORS for cls in classes),
-)
-
 #: google.rpc.ErrorInfo reasons that mean more than their HTTP status -> (status, code).
 GOOGLE_REASONS = {"API_KEY_INVALID": (401, "invalid_api_key")}
 
@@ -107,41 +96,29 @@ GOOGLE_MESSAGES = {"exceeds the maximum number of tokens": "context_length_excee
 GOOGLE_STATUS_CODES = {404: "model_not_found"}
 
 
-def translate_error(
-    exc: BaseException, ep: Endpoint, backend: str, *, midstream: bool = False
-) -> RouterError:
-    """The one mapping of SDK/transport exceptions to what the client sees.
-
-    `midstream`: content already went to the client, so an upstream error event becomes a
-    502 (the answer is broken) rather than its HTTP status (which would invite a retry)."""
-    if isinstance(exc, genai_errors.APIError):
-        return _api_error(exc, ep, backend, midstream)
-    for classes, cls, code, what in TRANSPORT_ERRORS:
-        if isinstance(exc, classes):
-            detail = scrub(str(exc) or type(exc).__name__, ep.secrets())
-            return cls(f"The `{backend}` backend's upstream (Gemini) {what}: {detail}", code=code)
-    return UpstreamError(f"The `{backend}` backend failed: {type(exc).__name__}")
-
-
-def _api_error(
-    exc: genai_errors.APIError, ep: Endpoint, backend: str, midstream: bool
-) -> RouterError:
+def _answer(exc: genai_errors.APIError) -> Answer:
+    """Gemini's error answer (an HTTP status, or an `error` chunk in a 200 stream, which
+    the SDK raises with the chunk's code): its code refined by the status, the message and
+    the google.rpc.ErrorInfo reason; when to retry from Retry-After or RetryInfo."""
     status = int(exc.code or 500)
-    text = scrub(str(exc.message or exc.status or "no message"), ep.secrets())
-    message = f"The `{backend}` backend's upstream (Gemini) answered {status} {exc.status}: {text}"
-    if midstream:
-        return UpstreamError(message, code="upstream_stream_error")
+    message = str(exc.message or exc.status or "")
     code = GOOGLE_STATUS_CODES.get(status)
     for fragment, meaning in GOOGLE_MESSAGES.items():
-        if fragment in text.lower():
+        if fragment in message.lower():
             code = meaning
     details = _details(exc.details)
+    means = status
     for reason in (d.get("reason") for d in details):
-        status, code = GOOGLE_REASONS.get(str(reason), (status, code))
-    headers = getattr(exc.response, "headers", None)
-    wait = retry_after_seconds(headers)
-    return status_error(
-        status, message, code=code, retry_after=_retry_delay(details) if wait is None else wait
+        means, code = GOOGLE_REASONS.get(str(reason), (means, code))
+    wait = retry_after_seconds(getattr(exc.response, "headers", None))
+    return Answer(
+        status,
+        message,
+        label=exc.status,
+        code=code,
+        retry_after=_retry_delay(details) if wait is None else wait,
+        in_stream=getattr(exc.response, "status_code", None) == 200,
+        means=means,
     )
 
 
@@ -162,6 +139,26 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+#: What the SDK and its transports raise -> what the client sees (workers/failures.py).
+#: An error answer after content went out is a 502 `upstream_stream_error`: the answer is
+#: broken, and its own status would invite a retry the client can no longer make.
+FAILURES: Table = {
+    genai_errors.APIError: Answered(_answer, midstream_code="upstream_stream_error"),
+    **dict.fromkeys(_classes("TimeoutException"), TIMEOUT),
+    **dict.fromkeys(_classes("ConnectError"), UNREACHED),
+    **dict.fromkeys(
+        _classes("TransportError"), Failure(UpstreamError, DROPPED, "upstream_stream_broken")
+    ),
+    **dict.fromkeys(
+        (genai_errors.UnknownApiResponseError, pydantic.ValidationError),
+        Failure(UpstreamError, UNREADABLE, "upstream_bad_response"),
+    ),
+}
+
+#: What the SDK or transport may raise while a stream is open: translated, never leaked.
+SDK_ERRORS = caught(FAILURES)
 
 
 def _connect_timeout(seconds: float) -> Callable[[Any], None]:
@@ -228,9 +225,7 @@ class ResponseState:
         """The closing Done; an answer that never said why it ended was cut off."""
         if self.finish is None:
             raise UpstreamError(
-                f"The `{self.backend}` backend's stream (Gemini) ended before "
-                "a finish reason: the answer was cut off.",
-                code="upstream_stream_truncated",
+                ended_early(self.backend, "a finish reason"), code="upstream_stream_truncated"
             )
         return Done(self.finish, self.usage or Usage(0, 0))
 
@@ -266,34 +261,26 @@ def _logprob(candidate: types.LogprobsResultCandidate) -> dict[str, Any]:
     }
 
 
-class GoogleBackend:
-    """Streams chat jobs from the Gemini API; one instance serves a worker's greenlets."""
+class GoogleBackend(ClientBackend[genai.Client]):
+    """Streams chat jobs from the Gemini API; one instance serves a worker's greenlets.
+    Its settings are GEMINI_BASE_URL / _HEADERS / _TIMEOUT and ROUTER_UPSTREAM_*."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.policy = RetryPolicy.from_env(self.env)
-        self._clients: dict[ClientKey, genai.Client] = {}
-        self._lock = threading.Lock()
+        super().__init__(env)
+        self.policy = RetryPolicy.from_settings(Settings.load(self.env))
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> GoogleBackend:
-        """GEMINI_BASE_URL / _HEADERS / _TIMEOUT and ROUTER_UPSTREAM_* from `env`."""
-        return cls(env)
-
-    def client(self, ep: Endpoint) -> genai.Client:
-        """The SDK client for this endpoint, built once; the SDK itself never retries."""
-        key: ClientKey = (
-            str(ep.base_url),
-            str(ep.key),
-            tuple(sorted(ep.headers.items())),
-            ep.timeout,
-            ep.connect_timeout,
+    def new_client(self, ep: Endpoint, headers: Mapping[str, str]) -> genai.Client:
+        """The SDK's client, its own retries off (`retrying` decides), with our connect
+        timeout: the SDK gives every phase its one timeout."""
+        options = types.HttpOptions(
+            base_url=ep.base_url,
+            api_version=API_VERSION,
+            headers=dict(headers),
+            timeout=int(ep.timeout * 1000),  # milliseconds; the read timeout between bytes
+            retry_options=types.HttpRetryOptions(attempts=1),
+            client_args={"event_hooks": {"request": [_connect_timeout(ep.connect_timeout)]}},
         )
-        with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = self._clients[key] = _new_client(ep)
-            return client
+        return genai.Client(api_key=ep.key, vertexai=False, http_options=options)
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
         """Chunks then one Done; a request Gemini cannot honour fails here, before any call."""
@@ -322,7 +309,7 @@ class GoogleBackend:
                 yield from state.feed(response)
             yield state.done()
         except SDK_ERRORS as exc:
-            err = translate_error(exc, ep, job.backend, midstream=state.started)
+            err = translate(exc, FAILURES, ep, midstream=state.started)
             log.warning("%s: %s %s", job.backend, err.status_code, err.message)
             raise err from None  # the SDK's exception may quote the request: keep it out
         finally:
@@ -331,15 +318,3 @@ class GoogleBackend:
             close = getattr(upstream, "close", None)
             if close is not None:
                 close()
-
-
-def _new_client(ep: Endpoint) -> genai.Client:
-    options = types.HttpOptions(
-        base_url=ep.base_url,
-        api_version=API_VERSION,
-        headers=dict(ep.headers),
-        timeout=int(ep.timeout * 1000),  # milliseconds; the read timeout between bytes
-        retry_options=types.HttpRetryOptions(attempts=1),  # `retrying` decides, once
-        client_args={"event_hooks": {"request": [_connect_timeout(ep.connect_timeout)]}},
-    )
-    return genai.Client(api_key=ep.key, vertexai=False, http_options=options)

@@ -138,7 +138,7 @@ class LlmdBackend(OpenAICompatBackend):
         self.poller: Poller | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> LlmdBackend:
+    def from_env(cls, env: Mapping[str, str], concurrency: int | None = None) -> LlmdBackend:
         """The backend, polling LLMD_BASE_URL every LLMD_POLL_INTERVAL s when it is set."""
         backend = cls(env)
         prefix = env_prefix(BACKEND)

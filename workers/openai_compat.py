@@ -6,9 +6,9 @@ backend of kind `openai-compatible`, spoken to over OpenAI's documented wire for
 
 The call is made by `workers.openai_http` (pooled urllib3, orjson) rather than the
 `openai` SDK, whose per-request machinery cost more CPU than all the rest of a provider
-worker. Every upstream failure becomes a RouterError in one place,
-`upstream_error()`; the retry loop of `workers.upstream` may retry a request only until
-its first chunk has been yielded.
+worker. Every upstream failure becomes a RouterError by one table, `FAILURES`, read the
+way every provider's is (workers/failures.py); the retry loop of `workers.upstream` may
+retry a request only until its first chunk has been yielded.
 """
 
 from __future__ import annotations
@@ -16,10 +16,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workers.errors import GatewayTimeoutError, InvalidRequestError, RouterError, UpstreamError
+from core.settings import Settings
+from workers.clients import ClientBackend
+from workers.errors import InvalidRequestError, UpstreamError
+from workers.failures import (
+    DROPPED,
+    FAILED,
+    TIMEOUT,
+    UNREACHED,
+    Answer,
+    Answered,
+    Failure,
+    Table,
+    describe,
+    ended_early,
+    translate,
+)
 from workers.openai_http import (
     ChatClient,
     Timeouts,
@@ -31,7 +46,7 @@ from workers.openai_http import (
 )
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, allowed_extra, endpoint, provider_table
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying, scrub, status_error
+from workers.upstream import RetryPolicy, retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +110,6 @@ STREAM_ERROR_STATUS = {
     "timeout": 504,
 }
 
-DETAIL_LIMIT = 500  # characters of an upstream error message relayed to the client
-
 
 # -- requests --------------------------------------------------------------------------
 def reject_unsupported(job: ChatJob) -> None:
@@ -139,12 +152,12 @@ def build_request(job: ChatJob, cap_field: str = "max_tokens") -> dict[str, Any]
 
 
 # -- errors ----------------------------------------------------------------------------
-def _detail(exc: UpstreamStatus | UpstreamStreamError, ep: Endpoint) -> str:
-    """The upstream's own message (from its error body when it has one), scrubbed."""
+def _said(exc: UpstreamStatus | UpstreamStreamError) -> str:
+    """The upstream's own words: its error body's message, the body when it is text, else
+    the client's fallback ("Error code: 502")."""
     body = exc.error
     message = body.get("message") if isinstance(body, Mapping) else body
-    text = message if isinstance(message, str) and message else exc.message
-    return scrub(text.strip()[:DETAIL_LIMIT], ep.secrets())
+    return message if isinstance(message, str) and message else exc.message
 
 
 def _code(code: object) -> str | None:
@@ -152,68 +165,45 @@ def _code(code: object) -> str | None:
     return None if code is None or str(code).isdigit() else str(code)
 
 
-def _from_status(exc: UpstreamStatus, ep: Endpoint) -> RouterError:
-    status = exc.status
-    return status_error(
-        status,
-        f"`{ep.backend}` upstream answered HTTP {status}: {_detail(exc, ep)}",
+def _status_answer(exc: UpstreamStatus) -> Answer:
+    return Answer(
+        exc.status,
+        _said(exc),
+        label=exc.field("type"),
         code=_code(exc.field("code")),
         param=exc.field("param"),
         retry_after=retry_after_seconds(exc.headers),
     )
 
 
-def _from_timeout(ep: Endpoint, midstream: bool) -> RouterError:
-    what = "stopped sending mid-stream" if midstream else "did not answer in time"
-    return GatewayTimeoutError(
-        f"`{ep.backend}` upstream {what} (connect timeout {ep.connect_timeout:g}s, "
-        f"read timeout {ep.timeout:g}s)."
-    )
-
-
-def _from_broken(exc: UpstreamBroken, ep: Endpoint, midstream: bool) -> RouterError:
-    cause = scrub(str(exc), ep.secrets())[:DETAIL_LIMIT]
-    if midstream:
-        return UpstreamError(
-            f"`{ep.backend}` upstream broke off the stream before it finished: {cause}",
-            code="upstream_disconnected",
-        )
-    return UpstreamError(
-        f"`{ep.backend}` upstream is unreachable: {cause}", code="upstream_unreachable"
-    )
-
-
-def _from_stream_error(exc: UpstreamStreamError, ep: Endpoint) -> RouterError:
+def _stream_answer(exc: UpstreamStreamError) -> Answer:
     """An error payload inside a 200 stream: status from its numeric code or its type."""
     body = exc.error
-    raw = body.get("code")
+    raw, kind, param = body.get("code"), body.get("type"), body.get("param")
     if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
         status = int(raw)
     else:
-        status = STREAM_ERROR_STATUS.get(str(body.get("type")), 0)
-        status = status or STREAM_ERROR_STATUS.get(str(raw), 502)
-    param = body.get("param")
-    return status_error(
+        status = STREAM_ERROR_STATUS.get(str(kind), 0) or STREAM_ERROR_STATUS.get(str(raw), 502)
+    return Answer(
         status,
-        f"`{ep.backend}` upstream reported an error in its stream: {_detail(exc, ep)}",
+        _said(exc),
+        label=str(kind) if kind else None,
         code=_code(raw),
         param=str(param) if param is not None else None,
+        in_stream=True,
     )
 
 
-def upstream_error(exc: UpstreamFailure, ep: Endpoint, *, midstream: bool = False) -> RouterError:
-    """The RouterError for a failed upstream call. `midstream`: the upstream had started
-    answering. Messages are scrubbed of keys."""
-    if isinstance(exc, UpstreamStatus):
-        return _from_status(exc, ep)
-    if isinstance(exc, UpstreamTimeout):
-        return _from_timeout(ep, midstream)
-    if isinstance(exc, UpstreamStreamError):
-        return _from_stream_error(exc, ep)
-    if isinstance(exc, UpstreamBroken):
-        return _from_broken(exc, ep, midstream)
-    text = scrub(str(exc), ep.secrets())[:DETAIL_LIMIT]
-    return UpstreamError(f"`{ep.backend}` upstream call failed: {text}")
+#: What `workers.openai_http` raises -> what the client sees (workers/failures.py).
+FAILURES: Table = {
+    UpstreamStatus: Answered(_status_answer),
+    UpstreamStreamError: Answered(_stream_answer),
+    UpstreamTimeout: TIMEOUT,
+    UpstreamBroken: replace(
+        UNREACHED, if_midstream=Failure(UpstreamError, DROPPED, "upstream_disconnected")
+    ),
+    UpstreamFailure: FAILED,
+}
 
 
 # -- the stream ------------------------------------------------------------------------
@@ -230,7 +220,7 @@ class StreamState:
 def finish_reason(raw: str, backend: str) -> str:
     """OpenAI's finish reason for an upstream's; an `error` finish is an upstream failure."""
     if raw == "error":
-        raise UpstreamError(f"`{backend}` upstream ended the stream with an error.")
+        raise UpstreamError(describe(backend, "ended its stream with an error"))
     reason = FINISH_REASONS.get(raw)
     if reason is None:
         log.info("%s: unknown finish_reason %r, reported as stop", backend, raw)
@@ -306,7 +296,7 @@ def relay(events: Iterable[dict[str, Any] | None], state: StreamState) -> Iterat
             )
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(ClientBackend[ChatClient]):
     """Streams chat jobs to OpenAI-compatible upstreams; one instance per worker process,
     shared by every task thread, with one HTTP client per (base URL, key, headers)."""
 
@@ -314,16 +304,10 @@ class OpenAICompatBackend:
     placeholder_key = ""  # sent when a backend needs no key (the SDK insists on one)
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.policy = RetryPolicy.from_env(env)
-        self._clients: dict[tuple[Any, ...], ChatClient] = {}
-        self._lock = threading.Lock()
+        super().__init__(env)
+        self.policy = RetryPolicy.from_settings(Settings.load(env))
+        self._lock = threading.Lock()  # guards _no_usage
         self._no_usage: set[str] = set()  # backends already logged for sending no usage
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> OpenAICompatBackend:
-        """A backend reading endpoints, keys and retry settings from `env`."""
-        return cls(env)
 
     def stream(self, job: ChatJob) -> Iterator[Chunk | Done]:
         """Chunks of the upstream's answer, then one Done; retried before the first chunk."""
@@ -337,20 +321,19 @@ class OpenAICompatBackend:
             what=job.backend,
         )
 
-    def client(self, ep: Endpoint, headers: Mapping[str, str]) -> ChatClient:
-        """The cached client (its own connection pool) for this endpoint and these static
-        headers. It never retries: `retrying` decides, once for every backend."""
-        key = (ep.base_url, ep.key, tuple(sorted(headers.items())), ep.timeout, ep.connect_timeout)
-        with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = self._clients[key] = ChatClient(
-                    ep.base_url or OPENAI_BASE_URL,
-                    ep.key or self.placeholder_key,
-                    headers,
-                    Timeouts(read=ep.timeout, connect=ep.connect_timeout),
-                )
-            return client
+    def new_client(self, ep: Endpoint, headers: Mapping[str, str]) -> ChatClient:
+        """A client with its own connection pool; it never retries."""
+        return ChatClient(
+            ep.base_url or OPENAI_BASE_URL,
+            ep.key or self.placeholder_key,
+            headers,
+            Timeouts(read=ep.timeout, connect=ep.connect_timeout),
+        )
+
+    def close_client(self, client: ChatClient) -> None:
+        """Close its pool: safe while a stream reads through it (that stream's connection
+        is closed, not pooled, when it ends)."""
+        client.close()
 
     def _attempt(
         self, job: ChatJob, ep: Endpoint, request: dict[str, Any]
@@ -365,12 +348,12 @@ class OpenAICompatBackend:
             stream = client.stream(request, per_job)
         except UpstreamFailure as exc:
             # `from None`: the raw failure may quote the key; only the scrubbed one goes on
-            raise upstream_error(exc, ep) from None
+            raise translate(exc, FAILURES, ep) from None
         state = StreamState(job.backend)
         try:
             yield from relay(stream.events(), state)
         except UpstreamFailure as exc:
-            raise upstream_error(exc, ep, midstream=True) from None
+            raise translate(exc, FAILURES, ep, midstream=True) from None
         finally:
             stream.close()  # at once, also when the consumer stops early
         yield self._done(state)
@@ -378,9 +361,7 @@ class OpenAICompatBackend:
     def _done(self, state: StreamState) -> Done:
         if state.finish is None:
             raise UpstreamError(
-                f"`{state.backend}` upstream ended its stream before finishing "
-                "(no finish_reason): the answer is incomplete.",
-                code="upstream_truncated",
+                ended_early(state.backend, "a finish_reason"), code="upstream_truncated"
             )
         if state.usage is None:
             with self._lock:
@@ -393,10 +374,3 @@ class OpenAICompatBackend:
                     state.backend,
                 )
         return Done(state.finish, state.usage or Usage(0, 0))
-
-    def close(self) -> None:
-        """Close every cached client (their connection pools)."""
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()

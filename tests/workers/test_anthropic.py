@@ -358,7 +358,7 @@ def test_retry_after_is_respected(fake: FakeServer) -> None:
 @pytest.mark.parametrize(
     ("chunks", "abort_after", "expected", "says"),
     [
-        (FRAMES, 6, UpstreamError, "broke mid-stream"),  # the connection dies
+        (FRAMES, 6, UpstreamError, "dropped the connection"),  # the connection dies
         ([*FRAMES[:6], OVERLOADED], None, errors.ServiceUnavailableError, "overloaded_error"),
         (FRAMES[:-1], None, UpstreamError, "before `message_stop`"),  # truncated
     ],
