@@ -18,7 +18,7 @@ def json_body() -> Any:
     (raised by werkzeug) or than any enabled model could read: more than BYTES_PER_TOKEN
     bytes per token of the largest context window (checked on Content-Length before the
     body is read). 400 if it is not JSON."""
-    limit = chat_service().router.registry.get().largest_context_window * BYTES_PER_TOKEN
+    limit = chat_service().services.registry.get().largest_context_window * BYTES_PER_TOKEN
     _check_size(request.content_length, limit)
     raw = request.get_data(cache=True)
     _check_size(len(raw), limit)  # a chunked body has no Content-Length
@@ -52,7 +52,7 @@ def chat_service() -> ChatService:
 def route_headers(sub: Submitted) -> dict[str, str]:
     """Which backend and model answered (x-router-*), plus the job to poll or cancel."""
     return {
-        "x-router-backend": sub.backend,
+        "x-router-backend": sub.deployment.backend,
         "x-router-model": sub.route.id,
         "x-router-job-id": sub.job_id,
     }
@@ -61,6 +61,6 @@ def route_headers(sub: Submitted) -> dict[str, str]:
 def request_client(service: ChatService, watch: bool = True) -> Client:
     """The client of this synchronous request: owned by this API process, with the patience
     its headers state, and (`watch`) its job cancelled the moment it hangs up."""
-    owner = service.router.presence.id()
-    watcher = watch_client(request.environ, service.router.jobs.cancel) if watch else None
+    owner = service.services.presence.id()
+    watcher = watch_client(request.environ, service.services.jobs.cancel) if watch else None
     return Client(owner, patience(request.headers), watcher)

@@ -6,19 +6,19 @@ policies and admission control read it; nothing here writes.
 
 from __future__ import annotations
 
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import orjson
 
+from core.ttl import TTLCache
+from registry.queries import DeploymentInfo
 from tasks.health import BackendHealth, BackendStats
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
 
-if TYPE_CHECKING:
-    from api.routing import Target
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,32 +39,24 @@ class LoadView:
     def __init__(
         self, liveness: Liveness, health: BackendHealth, jobs: JobStore, ttl: float = 0.5
     ) -> None:
-        self.liveness, self.health, self.jobs, self.ttl = liveness, health, jobs, ttl
-        self._cache: dict[str, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
+        self.liveness, self.health, self.jobs = liveness, health, jobs
+        self._cache: TTLCache[str, Any] = TTLCache(ttl)
 
-    def _cached(self, key: str, build: Any) -> Any:
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
-        value = build()
-        with self._lock:
-            self._cache[key] = (time.monotonic(), value)
-        return value
+    def _cached(self, key: str, build: Callable[[], T]) -> T:
+        found: T = self._cache.get_or_build(key, build)
+        return found
 
     def depth(self, queue: str) -> int:
         """Jobs accepted on `queue` and not started yet."""
-        found: int = self._cached(f"backlog:{queue}", lambda: self.jobs.backlog(queue))
-        return found
+        return self._cached(f"backlog:{queue}", lambda: self.jobs.backlog(queue))
 
-    def load(self, target: Target) -> tuple[int, int]:
-        """(jobs of `target`'s backend running, capacity) over the live workers of its queue."""
+    def load(self, d: DeploymentInfo) -> tuple[int, int]:
+        """(jobs of `d`'s backend running, capacity) over the live workers of its queue."""
         running = capacity = 0
         for w in self.workers():
-            if target.queue in w.queues:
+            if d.queue in w.queues:
                 capacity += w.capacity
-                running += w.running.get(target.backend, 0)
+                running += w.running.get(d.backend, 0)
         return running, capacity
 
     def failure(self, queue: str) -> str | None:
@@ -75,8 +67,7 @@ class LoadView:
         return None
 
     def workers(self) -> list[WorkerLoad]:
-        found: list[WorkerLoad] = self._cached("workers", self._live_workers)
-        return found
+        return self._cached("workers", self._live_workers)
 
     def _live_workers(self) -> list[WorkerLoad]:
         now = self.liveness.server_time()
@@ -93,23 +84,20 @@ class LoadView:
         ]
 
     def stats(self, backend: str) -> BackendStats:
-        found: BackendStats = self._cached(
-            f"stats:{backend}", lambda: self.health.stats([backend])[backend]
-        )
-        return found
+        return self._cached(f"stats:{backend}", lambda: self.health.stats([backend])[backend])
 
     def ttft(self, backend: str) -> float:
         return float(self.stats(backend).ttft_p50 or 0.0)
 
-    def queue_wait(self, target: Target) -> float:
-        """Seconds a job sent to `target` now would wait before a worker starts it: the
-        backlog times the backend's recent service time over the queue's live capacity
+    def queue_wait(self, d: DeploymentInfo) -> float:
+        """Seconds a job sent to deployment `d` now would wait before a worker starts it:
+        the backlog times the backend's recent service time over the queue's live capacity
         (0 while the backend has no recent record)."""
-        waiting = self.depth(target.queue)
-        service = self.service_time(target.backend)
+        waiting = self.depth(d.queue)
+        service = self.service_time(d.backend)
         if not waiting or not service:
             return 0.0
-        _, capacity = self.load(target)
+        _, capacity = self.load(d)
         return waiting * service / max(capacity, 1)
 
     def service_time(self, backend: str) -> float:

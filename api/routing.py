@@ -19,29 +19,13 @@ import math
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from api.load import LoadView
-from registry.queries import ModelRoute, Snapshot
-from tasks.health import BackendHealth
-
-#: Kinds whose workers announce the models they can serve; a deployment of one of these
-#: kinds is usable only while a live worker announces its model (local: loaded; llm-d:
-#: served by the cluster, as its /v1/models says).
-ANNOUNCING_KINDS = frozenset({"local", "llm-d"})
-
-
-@dataclass(frozen=True)
-class Target:
-    """One deployment of a model: where its jobs go and what that backend calls it."""
-
-    backend: str
-    kind: str
-    queue: str
-    upstream: str
-    base_url: str | None
-    api_key_env: str | None
-    weight: float = 1.0
+from core.kinds import announces
+from registry.queries import DeploymentInfo, ModelRoute, Snapshot
+from tasks.health import BackendHealth, Verdict
 
 
 @dataclass(frozen=True)
@@ -49,15 +33,7 @@ class Candidate:
     """A model (the one that will answer) on one of its deployments."""
 
     route: ModelRoute
-    target: Target
-
-
-def targets(route: ModelRoute) -> list[Target]:
-    """The enabled deployments of a route, primary first."""
-    return [
-        Target(d.backend, d.kind, d.queue, d.upstream, d.base_url, d.api_key_env, d.weight)
-        for d in route.live_deployments()
-    ]
+    deployment: DeploymentInfo
 
 
 def chain(route: ModelRoute, snapshot: Snapshot) -> list[ModelRoute]:
@@ -73,28 +49,28 @@ def chain(route: ModelRoute, snapshot: Snapshot) -> list[ModelRoute]:
     return out
 
 
-def ordered(route: ModelRoute, load: LoadView) -> list[Target]:
-    """The route's deployments in the order its policy prefers now."""
-    found = targets(route)
+def ordered(route: ModelRoute, load: LoadView) -> list[DeploymentInfo]:
+    """The route's enabled deployments in the order its policy prefers now."""
+    found = list(route.live_deployments())
     policy = route.policy
     if len(found) < 2 or policy == "priority":
         return found
     if policy == "least-loaded":
 
-        def busy(t: Target) -> float:
-            running, capacity = load.load(t)
-            return (running + load.depth(t.queue)) / max(capacity, 1)
+        def busy(d: DeploymentInfo) -> float:
+            running, capacity = load.load(d)
+            return (running + load.depth(d.queue)) / max(capacity, 1)
 
         return sorted(found, key=busy)  # stable: ties keep priority order
     if policy == "latency":
-        return sorted(found, key=lambda t: load.ttft(t.backend))
+        return sorted(found, key=lambda d: load.ttft(d.backend))
     return _weighted(found)
 
 
-def _weighted(found: Iterable[Target]) -> list[Target]:
+def _weighted(found: Iterable[DeploymentInfo]) -> list[DeploymentInfo]:
     pool, out = list(found), []
     while pool:
-        pick = random.choices(range(len(pool)), weights=[max(t.weight, 1e-9) for t in pool])[0]
+        pick = random.choices(range(len(pool)), weights=[max(d.weight, 1e-9) for d in pool])[0]
         out.append(pool.pop(pick))
     return out
 
@@ -102,20 +78,27 @@ def _weighted(found: Iterable[Target]) -> list[Target]:
 def candidates(route: ModelRoute, snapshot: Snapshot, load: LoadView) -> Iterator[Candidate]:
     """Every deployment of the model and then of its fallbacks, in preference order."""
     for model in chain(route, snapshot):
-        for target in ordered(model, load):
-            yield Candidate(model, target)
+        for deployment in ordered(model, load):
+            yield Candidate(model, deployment)
 
 
-#: Why a candidate could not take a request. Only `no_worker` is worth waiting for (a
-#: worker may be starting); every other refusal is answered at once.
-REFUSALS = ("no_worker", "worker_failed", "queue_full", "overloaded", "circuit_open")
+class RefusalReason(StrEnum):
+    """Why a candidate could not take a request. Only NO_WORKER is worth waiting for (a
+    worker may be starting); every other refusal is answered at once. The values are the
+    error codes clients see, except NO_WORKER's (`no_worker_available`)."""
+
+    NO_WORKER = "no_worker"
+    WORKER_FAILED = "worker_failed"
+    QUEUE_FULL = "queue_full"
+    OVERLOADED = "overloaded"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a candidate could not take a request (one of REFUSALS), and for how long."""
+    """Why a candidate could not take a request, and for how long."""
 
-    reason: str
+    reason: RefusalReason
     message: str
     retry_after: float | None = None
 
@@ -145,61 +128,61 @@ class Picker:
         for cand in candidates(route, snapshot, self.load):
             if skip is not None and skip(cand):
                 continue
-            refusal = self.refuse(cand.target, budget)
+            refusal = self.refuse(cand.deployment, budget)
             if refusal is None:
                 return cand, refusals
             refusals.append(refusal)
         return None, refusals
 
-    def refuse(self, t: Target, budget: Budget = UNBOUNDED) -> Refusal | None:
-        """None when `t` can take a job now. The breaker is asked last: letting a request
-        through as a half-open probe is a commitment to send it."""
-        if not self.live.any_target(t.kind, t.queue, t.upstream):
-            return self._no_worker(t)
-        if self.queue_limit and self.load.depth(t.queue) >= self.queue_limit:
-            return queue_full(t.queue, self.queue_limit, self.load.queue_wait(t))
-        overload = self._overloaded(t, budget)
+    def refuse(self, d: DeploymentInfo, budget: Budget = UNBOUNDED) -> Refusal | None:
+        """None when deployment `d` can take a job now. The breaker is asked last: letting
+        a request through as a half-open probe is a commitment to send it."""
+        if not self.live.any_target(d.kind, d.queue, d.upstream):
+            return self._no_worker(d)
+        if self.queue_limit and self.load.depth(d.queue) >= self.queue_limit:
+            return queue_full(d.queue, self.queue_limit, self.load.queue_wait(d))
+        overload = self._overloaded(d, budget)
         if overload is not None:
             return overload
-        if self.health.allow(t.backend) == 0:
+        if self.health.allow(d.backend) is Verdict.OPEN:
             return Refusal(
-                "circuit_open",
-                f"Backend `{t.backend}` is failing and its circuit is open; it is retried "
+                RefusalReason.CIRCUIT_OPEN,
+                f"Backend `{d.backend}` is failing and its circuit is open; it is retried "
                 f"within {self.health.policy.cooldown:g} s.",
                 self.health.policy.cooldown,
             )
         return None
 
-    def _no_worker(self, t: Target) -> Refusal:
-        failure = self.load.failure(t.queue)
+    def _no_worker(self, d: DeploymentInfo) -> Refusal:
+        failure = self.load.failure(d.queue)
         if failure is not None:
             return Refusal(
-                "worker_failed",
-                f"The worker for queue `{t.queue}` is running but failed to start its "
-                f"`{t.kind}` backend: {failure}. Fix that and restart the worker.",
+                RefusalReason.WORKER_FAILED,
+                f"The worker for queue `{d.queue}` is running but failed to start its "
+                f"`{d.kind}` backend: {failure}. Fix that and restart the worker.",
             )
-        model = f"model `{t.upstream}` on " if t.kind in ANNOUNCING_KINDS else ""
+        model = f"model `{d.upstream}` on " if announces(d.kind) else ""
         return Refusal(
-            "no_worker",
-            f"No worker is serving {model}queue `{t.queue}`. Start one with "
-            f"`celery -A tasks worker -Q {t.queue}`.",
+            RefusalReason.NO_WORKER,
+            f"No worker is serving {model}queue `{d.queue}`. Start one with "
+            f"`celery -A tasks worker -Q {d.queue}`.",
         )
 
-    def _overloaded(self, t: Target, budget: Budget) -> Refusal | None:
+    def _overloaded(self, d: DeploymentInfo, budget: Budget) -> Refusal | None:
         """Refuse when the job would wait longer than the budget allows before it starts,
         or could not finish within the client's own timeout."""
         limit = budget.queue
         if budget.total is not None:
-            limit = min(limit, budget.total - self.load.service_time(t.backend))
+            limit = min(limit, budget.total - self.load.service_time(d.backend))
         if math.isinf(limit):
             return None
         limit = max(limit, 0.0)
-        wait = self.load.queue_wait(t)
+        wait = self.load.queue_wait(d)
         if wait <= limit:
             return None
         return Refusal(
-            "overloaded",
-            f"Queue `{t.queue}` is busy: a new job would wait about {wait:.0f} s before it "
+            RefusalReason.OVERLOADED,
+            f"Queue `{d.queue}` is busy: a new job would wait about {wait:.0f} s before it "
             f"starts, more than the {limit:.0f} s this request can wait. Retry later.",
             max(1.0, wait - limit),
         )
@@ -208,5 +191,7 @@ class Picker:
 def queue_full(queue: str, limit: int, wait: float = 0.0) -> Refusal:
     """The refusal for a queue whose backlog is at ROUTER_QUEUE_LIMIT."""
     return Refusal(
-        "queue_full", f"Queue `{queue}` has {limit}+ jobs waiting. Retry later.", max(1.0, wait)
+        RefusalReason.QUEUE_FULL,
+        f"Queue `{queue}` has {limit}+ jobs waiting. Retry later.",
+        max(1.0, wait),
     )

@@ -1,11 +1,9 @@
 """The router's services for one Flask app: Redis, job store, worker liveness and a
-short-lived registry snapshot. Built by create_app, found at app.extensions["router"].
+short-lived registry snapshot. Built by create_app, found at app.extensions["services"].
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -14,16 +12,16 @@ from flask import current_app
 
 from api.load import LoadView
 from api.presence import Presence
-from api.routing import ANNOUNCING_KINDS, Picker
+from api.routing import Picker
+from core.kinds import announces, discovers
+from core.settings import Settings
+from core.ttl import TTLCache
 from registry.db import init_db, make_engine
-from registry.queries import BackendInfo, ModelRoute, Snapshot, load_snapshot
+from registry.queries import BackendInfo, ModelRoute, Snapshot, deployment_info, load_snapshot
 from tasks.connections import redis_client
 from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
-
-#: Kinds whose announced models join the registry without being added by hand.
-DISCOVERING_KINDS = frozenset({"llm-d"})
 
 DISCOVERED_CONTEXT = 32768  # context window of a discovered model that reports none
 
@@ -34,26 +32,23 @@ class RegistryCache:
     llm-d workers discovered on their cluster are added to each snapshot."""
 
     def __init__(self, engine: Any, ttl: float, liveness: Liveness | None = None) -> None:
-        self.engine, self.ttl, self.liveness = engine, ttl, liveness
-        self._snapshot: Snapshot | None = None
-        self._loaded = 0.0
-        self._lock = threading.Lock()
+        self.engine, self.liveness = engine, liveness
+        self._cache: TTLCache[str, Snapshot] = TTLCache(ttl)
 
     def get(self) -> Snapshot:
-        if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
-            with self._lock:
-                if self._snapshot is None or time.monotonic() - self._loaded > self.ttl:
-                    snapshot = load_snapshot(self.engine)
-                    self._snapshot = snapshot.with_routes(self._discovered(snapshot))
-                    self._loaded = time.monotonic()
-        return self._snapshot
+        """The current snapshot; one request per process reloads it when it is stale."""
+        return self._cache.get_or_build("snapshot", self._load)
+
+    def _load(self) -> Snapshot:
+        snapshot = load_snapshot(self.engine)
+        return snapshot.with_routes(self._discovered(snapshot))
 
     def _discovered(self, snapshot: Snapshot) -> list[ModelRoute]:
         if self.liveness is None:
             return []
         routes = []
         for backend in snapshot.backends():
-            if backend.kind in DISCOVERING_KINDS and backend.enabled:
+            if discovers(backend.kind) and backend.enabled:
                 announced = self.liveness.announced(backend.queue)
                 routes += [discovered_route(backend, m, w) for m, w in announced.items()]
         return routes
@@ -69,19 +64,13 @@ def discovered_route(backend: BackendInfo, model: str, worker: Mapping[str, str]
     context = int(lengths.get(model) or DISCOVERED_CONTEXT)
     return ModelRoute(
         id=model,
-        backend=backend.name,
-        kind=backend.kind,
-        queue=backend.queue,
-        upstream=model,
         context_window=context,
         max_tokens=context,
         input_price=0.0,
         output_price=0.0,
         aliases=(),
-        base_url=backend.base_url,
-        api_key_env=backend.api_key_env,
-        enabled=backend.enabled,
         created=int(float(worker.get("started") or 0)),
+        deployments=(deployment_info(backend, model),),
     )
 
 
@@ -89,23 +78,21 @@ class LiveWorkers:
     """Whether a live worker can serve a route; a positive answer is trusted for `ttl` s."""
 
     def __init__(self, liveness: Liveness, ttl: float = 1.0) -> None:
-        self.liveness, self.ttl = liveness, ttl
-        self._seen: dict[tuple[str, str | None], float] = {}
+        self.liveness = liveness
+        self._seen: TTLCache[tuple[str, str | None], bool] = TTLCache(ttl)
 
     def any_target(self, kind: str, queue: str, upstream: str) -> bool:
-        """Whether a live worker serves `queue` (and, for announcing kinds, `upstream`)."""
-        target = (queue, upstream if kind in ANNOUNCING_KINDS else None)
-        seen = self._seen.get(target)
-        if seen is not None and time.monotonic() - seen < self.ttl:
+        """Whether a live worker serves `queue` (and, for announcing kinds, `upstream`).
+        Only a positive answer is kept: a worker that just started is seen at once."""
+        target = (queue, upstream if announces(kind) else None)
+        if self._seen.get(target):
             return True
         if target[1] is None:
             alive = self.liveness.live_counts([queue])[queue] > 0
         else:
             alive = self.liveness.live_model_counts([(queue, upstream)])[(queue, upstream)] > 0
         if alive:
-            self._seen[target] = time.monotonic()
-        else:
-            self._seen.pop(target, None)
+            self._seen.put(target, True)
         return alive
 
     def any_on_queue(self, queue: str) -> bool:
@@ -113,18 +100,21 @@ class LiveWorkers:
         return self.any_target("", queue, "")
 
     def counts(self, routes: Iterable[ModelRoute]) -> dict[str, int]:
-        """Live workers per route id, in one round trip per kind of target."""
-        routes = list(routes)
-        by_model = [r for r in routes if r.kind in ANNOUNCING_KINDS]
-        queues = self.liveness.live_counts(r.queue for r in routes if r not in by_model)
-        models = self.liveness.live_model_counts((r.queue, r.upstream) for r in by_model)
+        """Live workers serving each route's primary deployment, per route id, in one
+        round trip per kind of target (queue, or queue and model)."""
+        primaries = {r.id: r.primary for r in routes}
+        by_model = {i: d for i, d in primaries.items() if announces(d.kind)}
+        queues = self.liveness.live_counts(
+            d.queue for i, d in primaries.items() if i not in by_model
+        )
+        models = self.liveness.live_model_counts((d.queue, d.upstream) for d in by_model.values())
         return {
-            r.id: models[(r.queue, r.upstream)] if r in by_model else queues[r.queue]
-            for r in routes
+            i: models[(d.queue, d.upstream)] if i in by_model else queues[d.queue]
+            for i, d in primaries.items()
         }
 
 
-class Router:
+class Services:
     """Everything a request handler needs, created once per app (per gunicorn worker)."""
 
     def __init__(self, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
@@ -140,13 +130,14 @@ class Router:
         self.engine = make_engine(config["DATABASE_URL"])
         init_db(self.engine, env)
         self.registry = RegistryCache(self.engine, float(config["REGISTRY_TTL"]), self.liveness)
-        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env), closed_ttl=0.25)
+        policy = BreakerPolicy.from_settings(Settings.from_config(config))
+        self.health = BackendHealth(self.redis, policy, closed_ttl=0.25)
         self.load = LoadView(self.liveness, self.health, self.jobs)
         self.picker = Picker(self.live, self.health, self.load, int(config["QUEUE_LIMIT"]))
         self.presence = Presence(self.liveness, float(config["HEARTBEAT_INTERVAL"]))
 
 
-def router() -> Router:
-    """The current app's Router."""
-    found: Router = current_app.extensions["router"]
+def services() -> Services:
+    """The current app's Services."""
+    found: Services = current_app.extensions["services"]
     return found

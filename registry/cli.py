@@ -83,7 +83,7 @@ def _extra(d: DeploymentInfo, route: ModelRoute) -> str:
     parts = [f"p{d.priority}"]
     if d.weight != 1:
         parts.append(f"w{d.weight:g}")
-    if d.upstream != route.upstream:
+    if d.upstream != route.primary.upstream:
         parts.append(d.upstream)
     if not d.enabled:
         parts.append("off")
@@ -94,8 +94,8 @@ def _model_row(r: ModelRoute) -> list[str]:
     extras = [_extra(d, r) for d in r.deployments[1:]]
     return [
         r.id,
-        r.backend,
-        r.upstream,
+        r.primary.backend,
+        r.primary.upstream,
         str(r.context_window),
         str(r.max_tokens),
         _price(r.input_price),
@@ -121,7 +121,7 @@ def list_models(show_all: bool, as_json: bool) -> None:
     with _registry() as engine:
         routes = load_snapshot(engine).models(enabled_only=not show_all)
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(r) for r in routes], indent=2))
+        click.echo(json.dumps([r.as_dict() for r in routes], indent=2))
         return
     if not routes:
         click.echo("no models" + ("" if show_all else " (--all includes disabled backends)"))
@@ -163,9 +163,10 @@ def add_model_cmd(
             output_price=output_price,
             aliases=aliases,
         )
-    click.echo(f"added model {route.id} (backend {route.backend}, upstream {route.upstream})")
+    d = route.primary
+    click.echo(f"added model {route.id} (backend {d.backend}, upstream {d.upstream})")
     if not route.enabled:
-        click.echo(f"note: backend {route.backend} is disabled; the model is hidden until enabled")
+        click.echo(f"note: backend {d.backend} is disabled; the model is hidden until enabled")
 
 
 @models.command("remove")

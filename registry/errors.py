@@ -1,4 +1,5 @@
-"""Errors raised by registry queries and CRUD; all are ValueErrors with a one-line message.
+"""Errors raised by the registry's writes (registry.crud); all are ValueErrors with a
+one-line message.
 
     RegistryError(ValueError)
     ├── UnknownBackendError      no backend by that name
@@ -9,11 +10,12 @@
     ├── AliasInUseError          the alias is taken by another model, or is a model id
     ├── UnknownDeploymentError   the model has no extra deployment on that backend
     ├── DuplicateDeploymentError the model is already deployed on that backend
-    ├── InvalidValueError        a number, name, policy or fallback out of range
+    ├── InvalidValueError        a number, name, URL, policy or fallback out of range
     └── ConcurrentChangeError    another process changed the same rows first
 
-The registry knows nothing of HTTP: the API maps Unknown* to 404, Duplicate*/AliasInUse/
-ConcurrentChange to 409, UnknownKind/InvalidValue to 400.
+The registry knows nothing of HTTP, and no API endpoint writes it: changes come from the
+`irouter` CLI (registry/cli.py), which prints any RegistryError as a one-line
+`Error: ...` and exits with status 2.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ class DuplicateDeploymentError(RegistryError):
 
 class InvalidValueError(RegistryError):
     """A field is out of range: empty name, non-positive window, negative price, unknown
-    policy, non-positive weight, a model falling back to itself, undeploying a primary."""
+    policy, negative priority, non-positive weight, a base_url that is not http(s), an
+    api_key_env that is not a variable name, a model falling back to itself, undeploying
+    a primary."""
 
 
 class ConcurrentChangeError(RegistryError):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -33,7 +34,8 @@ class BackendInfo:
 
 @dataclass(frozen=True)
 class DeploymentInfo:
-    """One backend serving a model: where to send it, under which name, and how eagerly.
+    """One backend serving a model: where its jobs go, what that backend calls the model,
+    and how eagerly it is chosen. This is what routing picks and what a job is sent to.
 
     The primary deployment (the model's own backend) has priority 0 and weight 1.
     `enabled` is that backend's flag.
@@ -46,65 +48,77 @@ class DeploymentInfo:
     base_url: str | None
     api_key_env: str | None
     enabled: bool
-    priority: int
-    weight: float
+    priority: int = 0
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class ModelRoute:
-    """Everything needed to route one model: its deployments, policy, limits and prices.
+    """A model's own facts (limits, prices, aliases, policy, fallbacks) and where it runs.
 
-    The top-level backend/kind/queue/upstream/base_url/api_key_env are the primary
-    deployment's. `enabled` is true when any deployment's backend is enabled; `created` is
-    the epoch second for `/v1/models`. Prices are USD per 1M tokens. `deployments` lists the
-    primary first, then the others by (priority, backend); `fallbacks` are model ids to try,
-    in order, when no deployment of this model can serve (they may fall back in a cycle:
-    callers must not revisit a model).
+    `deployments` is never empty: the primary first, then the others by (priority,
+    backend). `created` is the epoch second for `/v1/models`; prices are USD per 1M
+    tokens. `fallbacks` are model ids to try, in order, when no deployment of this model
+    can serve (they may fall back in a cycle: callers must not revisit a model).
     """
 
     id: str
-    backend: str
-    kind: str
-    queue: str
-    upstream: str
     context_window: int
     max_tokens: int
     input_price: float
     output_price: float
     aliases: tuple[str, ...]
-    base_url: str | None
-    api_key_env: str | None
-    enabled: bool
     created: int
-    deployments: tuple[DeploymentInfo, ...] = ()
+    deployments: tuple[DeploymentInfo, ...]
     policy: str = DEFAULT_POLICY
     fallbacks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.deployments:
+            raise ValueError(f"model {self.id!r} has no deployment")
+
+    @property
+    def primary(self) -> DeploymentInfo:
+        """The model's own backend, under the model's upstream name."""
+        return self.deployments[0]
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any deployment's backend is enabled (else the model is hidden)."""
+        return any(d.enabled for d in self.deployments)
+
+    def live_deployments(self) -> tuple[DeploymentInfo, ...]:
+        """The deployments whose backend is enabled, in `deployments` order."""
+        return tuple(d for d in self.deployments if d.enabled)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """List-price cost of one request with these token counts."""
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
 
-    def primary(self) -> DeploymentInfo:
-        """The primary deployment, built from the top-level fields when `deployments` is
-        empty (routes made by hand, such as discovered ones)."""
-        if self.deployments:
-            return self.deployments[0]
-        return DeploymentInfo(
-            backend=self.backend,
-            kind=self.kind,
-            queue=self.queue,
-            upstream=self.upstream,
-            base_url=self.base_url,
-            api_key_env=self.api_key_env,
-            enabled=self.enabled,
-            priority=0,
-            weight=1.0,
-        )
-
-    def live_deployments(self) -> tuple[DeploymentInfo, ...]:
-        """The deployments whose backend is enabled, in `deployments` order."""
-        every = self.deployments or (self.primary(),)
-        return tuple(d for d in every if d.enabled)
+    def as_dict(self) -> dict[str, Any]:
+        """The model as `GET /admin/models` and `irouter models list --json` show it
+        (docs/api.md): the primary's backend, kind, queue, upstream, base_url and
+        api_key_env at the top level, then every deployment in full."""
+        p = self.primary
+        return {
+            "id": self.id,
+            "backend": p.backend,
+            "kind": p.kind,
+            "queue": p.queue,
+            "upstream": p.upstream,
+            "context_window": self.context_window,
+            "max_tokens": self.max_tokens,
+            "input_price": self.input_price,
+            "output_price": self.output_price,
+            "aliases": list(self.aliases),
+            "base_url": p.base_url,
+            "api_key_env": p.api_key_env,
+            "enabled": self.enabled,
+            "created": self.created,
+            "deployments": [asdict(d) for d in self.deployments],
+            "policy": self.policy,
+            "fallbacks": list(self.fallbacks),
+        }
 
 
 def decode_fallbacks(text: str | None) -> tuple[str, ...]:
@@ -159,23 +173,15 @@ def model_route(
 ) -> ModelRoute:
     """Freeze a Model row with its primary backend, aliases (sorted) and extra deployments."""
     info = backend if isinstance(backend, BackendInfo) else backend_info(backend)
-    deployments = (deployment_info(info, model.upstream), *_extras_in_order(extras))
     return ModelRoute(
         id=model.id,
-        backend=info.name,
-        kind=info.kind,
-        queue=info.queue,
-        upstream=model.upstream,
         context_window=model.context_window,
         max_tokens=model.max_tokens,
         input_price=model.input_price,
         output_price=model.output_price,
         aliases=tuple(sorted(aliases)),
-        base_url=info.base_url,
-        api_key_env=info.api_key_env,
-        enabled=any(d.enabled for d in deployments),
         created=int(model.created_at),
-        deployments=deployments,
+        deployments=(deployment_info(info, model.upstream), *_extras_in_order(extras)),
         policy=model.policy or DEFAULT_POLICY,
         fallbacks=decode_fallbacks(model.fallbacks),
     )

@@ -12,38 +12,39 @@ and reads `stats` for load-aware choice and the operator view.
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import redis
 
+from core.settings import DEFAULTS, Settings
+from core.ttl import TTLCache
 from tasks import keys
 from tasks.jobs import lua
 
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """When a backend's circuit opens, and for how long. Workers and API read the same
-    ROUTER_BREAKER_* variables."""
+    """When a backend's circuit opens, and for how long. Workers and API build it from the
+    same settings (ROUTER_BREAKER_*), so they agree on every circuit."""
 
-    failures: int = 5  # consecutive failures that open the circuit
-    error_rate: float = 0.5  # ... or this share of failures in the window
-    window: float = 60.0  # seconds of outcomes the error rate and latency look at
-    min_requests: int = 10  # fewest outcomes in the window before the rate counts
-    cooldown: float = 10.0  # seconds open before one probe is let through
+    failures: int = DEFAULTS.breaker_failures  # consecutive failures that open the circuit
+    error_rate: float = DEFAULTS.breaker_error_rate  # ... or this share of failures in the window
+    window: float = DEFAULTS.breaker_window  # seconds of outcomes the rate and latency look at
+    min_requests: int = DEFAULTS.breaker_min_requests  # fewest outcomes before the rate counts
+    cooldown: float = DEFAULTS.breaker_cooldown  # seconds open before one probe is let through
     keep: int = 500  # outcomes kept per backend
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> BreakerPolicy:
-        d = cls()
+    def from_settings(cls, settings: Settings) -> BreakerPolicy:
         return cls(
-            failures=int(env.get("ROUTER_BREAKER_FAILURES", d.failures)),
-            error_rate=float(env.get("ROUTER_BREAKER_ERROR_RATE", d.error_rate)),
-            window=float(env.get("ROUTER_BREAKER_WINDOW", d.window)),
-            min_requests=int(env.get("ROUTER_BREAKER_MIN_REQUESTS", d.min_requests)),
-            cooldown=float(env.get("ROUTER_BREAKER_COOLDOWN", d.cooldown)),
+            failures=settings.breaker_failures,
+            error_rate=settings.breaker_error_rate,
+            window=settings.breaker_window,
+            min_requests=settings.breaker_min_requests,
+            cooldown=settings.breaker_cooldown,
         )
 
 
@@ -78,6 +79,15 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 1)
 
 
+class Verdict(IntEnum):
+    """May a request go to a backend now? The values are the ones tasks/lua/allow.lua
+    returns."""
+
+    OPEN = 0  # the circuit is open (or its one probe is already out): fail over
+    CLOSED = 1  # send it
+    PROBE = 2  # the cool-down is over: this request is the half-open probe
+
+
 class BackendHealth:
     """Breaker transitions and outcome stats, each one round trip."""
 
@@ -88,8 +98,7 @@ class BackendHealth:
         self.redis, self.policy = client, policy
         self._record = client.register_script(lua("outcome"))
         self._allow = client.register_script(lua("allow"))
-        self.closed_ttl = closed_ttl
-        self._closed_until: dict[str, float] = {}
+        self._closed: TTLCache[str, bool] = TTLCache(closed_ttl)
 
     def record(
         self, backend: str, ok: bool, ttft_ms: float, total_ms: float, pipe: Any = None
@@ -113,14 +122,15 @@ class BackendHealth:
         )
         return str(state)
 
-    def allow(self, backend: str) -> int:
-        """1: closed; 2: let through as the half-open probe; 0: open, fail over."""
-        if self._closed_until.get(backend, 0.0) > time.monotonic():
-            return 1
+    def allow(self, backend: str) -> Verdict:
+        """Whether a request may go to `backend` now. Only a closed circuit is trusted
+        for `closed_ttl`: an open one must be asked again to let its probe through."""
+        if self._closed.get(backend):
+            return Verdict.CLOSED
         keys_ = [keys.circuit_key(backend), keys.probe_key(backend)]
-        verdict = int(self._allow(keys=keys_, args=[self.policy.cooldown])[0])
-        if verdict == 1 and self.closed_ttl:
-            self._closed_until[backend] = time.monotonic() + self.closed_ttl
+        verdict = Verdict(int(self._allow(keys=keys_, args=[self.policy.cooldown])[0]))
+        if verdict is Verdict.CLOSED:
+            self._closed.put(backend, True)
         return verdict
 
     def states(self, backends: Iterable[str]) -> dict[str, str]:

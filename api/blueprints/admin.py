@@ -11,8 +11,8 @@ from dataclasses import asdict
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from api.extension import router
 from api.http import json_response
+from api.services import services
 from tasks.health import backend_report
 from workers.errors import AuthenticationError, PermissionDeniedError
 
@@ -45,14 +45,14 @@ def _guard() -> None:
 
 @bp.get("/models")
 def models() -> Response:
-    routes = router().registry.get().models(enabled_only=False)
-    return json_response({"object": "list", "data": [asdict(r) for r in routes]})
+    routes = services().registry.get().models(enabled_only=False)
+    return json_response({"object": "list", "data": [r.as_dict() for r in routes]})
 
 
 @bp.get("/backends")
 def backends() -> Response:
     """Every backend with its health: circuit, live workers, queue depth, latency, errors."""
-    r = router()
+    r = services()
     infos = r.registry.get().backends()
     report = backend_report(r.health, r.liveness, ((b.name, b.queue, b.enabled) for b in infos))
     data = [{**asdict(b), **row} for b, row in zip(infos, report, strict=True)]
@@ -64,6 +64,7 @@ def workers() -> Response:
     """Every registered worker: what it announced, `alive_until`, and `failed` (queue ->
     why its backend could not be built at start)."""
     data = [
-        {**w, "failed": orjson.loads(w.get("failed") or "{}")} for w in router().liveness.workers()
+        {**w, "failed": orjson.loads(w.get("failed") or "{}")}
+        for w in services().liveness.workers()
     ]
     return json_response({"object": "list", "data": data})

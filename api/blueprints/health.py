@@ -7,8 +7,8 @@ from flask import Blueprint, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.extension import router
 from api.http import json_response
+from api.services import services
 
 bp = Blueprint("health", __name__)
 
@@ -26,17 +26,17 @@ def readyz() -> Response:
     checks: dict[str, object] = {}
     ok = True
     try:
-        router().redis.ping()
+        services().redis.ping()
         checks["redis"] = "ok"
     except redis.RedisError as exc:
         ok, checks["redis"] = False, f"error: {exc.__class__.__name__}"
     try:
-        with router().engine.connect() as conn:
+        with services().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except SQLAlchemyError as exc:
         ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
     if checks["redis"] == "ok":
-        queues = {r.queue for r in router().registry.get().models()}
-        checks["workers"] = router().liveness.live_counts(sorted(queues))
+        queues = {r.primary.queue for r in services().registry.get().models()}
+        checks["workers"] = services().liveness.live_counts(sorted(queues))
     return json_response({"status": "ok" if ok else "unavailable", **checks}, 200 if ok else 503)

@@ -10,8 +10,8 @@ import os
 
 from flask import Blueprint, Response, request
 
-from api.extension import router
 from api.metrics import render, scrape_dir
+from api.services import services
 
 bp = Blueprint("metrics", __name__)
 
@@ -19,5 +19,5 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     """Every metric, in the Prometheus text format (OpenMetrics if the scraper asks)."""
-    body, content_type = render(router(), scrape_dir(os.environ), request.headers.get("Accept"))
+    body, content_type = render(services(), scrape_dir(os.environ), request.headers.get("Accept"))
     return Response(body, content_type=content_type)

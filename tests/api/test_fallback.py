@@ -16,11 +16,11 @@ ASK = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "t
 
 
 @pytest.fixture
-def ghost(stack, engine):  # type: ignore[no-untyped-def]
+def ghost(stack, registry_db):  # type: ignore[no-untyped-def]
     """A backend whose queue has a heartbeat but no consumer, and a model on it."""
     name = f"ghost-{uuid.uuid4().hex[:6]}"
-    add_backend(engine, name, "openai-compatible", queue=name, base_url="http://127.0.0.1:9")
-    add_model(engine, f"{name}-model", name, upstream="x")
+    add_backend(registry_db, name, "openai-compatible", queue=name, base_url="http://127.0.0.1:9")
+    add_model(registry_db, f"{name}-model", name, upstream="x")
     liveness = Liveness(stack.redis())
     liveness.beat(f"{name}-worker", 60, [name], [], {"pool": "gevent", "concurrency": "10"})
     yield name
@@ -40,8 +40,8 @@ def _app(stack, **config):  # type: ignore[no-untyped-def]
     return create_app({**base, **config}).test_client()
 
 
-def test_a_job_stuck_in_its_queue_moves_to_the_fallback(stack, worker, engine, ghost) -> None:  # type: ignore[no-untyped-def]
-    set_model(engine, f"{ghost}-model", fallbacks=["smollm2-135m"])
+def test_a_job_stuck_in_its_queue_moves_to_the_fallback(stack, worker, registry_db, ghost) -> None:  # type: ignore[no-untyped-def]
+    set_model(registry_db, f"{ghost}-model", fallbacks=["smollm2-135m"])
     client = _app(stack, QUEUE_WAIT=1.0)
     started = time.monotonic()
     resp = client.post("/v1/chat/completions", json={**ASK, "model": f"{ghost}-model"})
@@ -54,13 +54,13 @@ def test_a_job_stuck_in_its_queue_moves_to_the_fallback(stack, worker, engine, g
     assert len(stuck) == 1  # the abandoned delivery; its job was cancelled, so it is dropped
 
 
-def test_without_a_fallback_a_stuck_job_keeps_waiting(stack, engine, ghost) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_fallback_a_stuck_job_keeps_waiting(stack, registry_db, ghost) -> None:  # type: ignore[no-untyped-def]
     client = _app(stack, QUEUE_WAIT=0.5, REQUEST_TIMEOUT=2.5)
     resp = client.post("/v1/chat/completions", json={**ASK, "model": f"{ghost}-model"})
     assert resp.status_code == 504  # no alternative: it waited for its deadline
 
 
-def test_open_circuit_fails_fast_or_falls_back(stack, worker, engine, ghost) -> None:  # type: ignore[no-untyped-def]
+def test_open_circuit_fails_fast_or_falls_back(stack, worker, registry_db, ghost) -> None:  # type: ignore[no-untyped-def]
     health = BackendHealth(stack.redis(), BreakerPolicy())
     for _ in range(BreakerPolicy().failures):
         health.record(ghost, False, 5, 5)
@@ -71,7 +71,7 @@ def test_open_circuit_fails_fast_or_falls_back(stack, worker, engine, ghost) -> 
     assert resp.headers["Retry-After"] == "10"
     assert time.monotonic() - started < 1.0  # no WORKER_WAIT, no upstream timeout
 
-    set_model(engine, f"{ghost}-model", fallbacks=["smollm2-135m"])
+    set_model(registry_db, f"{ghost}-model", fallbacks=["smollm2-135m"])
     resp = client.post("/v1/chat/completions", json={**ASK, "model": f"{ghost}-model"})
     assert resp.status_code == 200 and resp.get_json()["model"] == "smollm2-135m"
     status = client.get("/admin/backends").get_json()["data"]

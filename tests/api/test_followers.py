@@ -10,7 +10,7 @@ from workers.protocol import ChatJob
 
 
 def test_follower_of_a_queued_job_waits_for_the_deadline_not_the_worker_wait(app, client) -> None:
-    store: JobStore = app.extensions["router"].jobs
+    store: JobStore = app.extensions["services"].jobs
     job = ChatJob(
         id="job_f0110e",
         model="m",

@@ -21,15 +21,17 @@ WIDE_CONTEXT = 200_000  # tokens: 8 bytes each is more than MAX_CONTENT_LENGTH's
 
 
 @pytest.fixture(scope="module")
-def models(engine) -> dict[str, str]:
+def models(registry_db) -> dict[str, str]:
     """Models on a backend no worker serves (a request past the checks gets 503 after
     WORKER_WAIT): one of 8192 tokens, one wider than the body limit, and a narrow one
     that falls back to the wide one."""
-    add_backend(engine, "limits-nowhere", "openai-compatible", queue="limits-nowhere")
-    add_model(engine, "limits-model", "limits-nowhere", upstream="x", context_window=8192)
-    add_model(engine, "limits-wide", "limits-nowhere", upstream="x", context_window=WIDE_CONTEXT)
+    add_backend(registry_db, "limits-nowhere", "openai-compatible", queue="limits-nowhere")
+    add_model(registry_db, "limits-model", "limits-nowhere", upstream="x", context_window=8192)
     add_model(
-        engine,
+        registry_db, "limits-wide", "limits-nowhere", upstream="x", context_window=WIDE_CONTEXT
+    )
+    add_model(
+        registry_db,
         "limits-narrow",
         "limits-nowhere",
         upstream="x",
@@ -74,7 +76,7 @@ def test_a_body_too_large_for_every_enabled_model_is_413_before_it_is_read(
     app, client, models
 ) -> None:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
-    routes = app.extensions["router"].registry.get().models()
+    routes = app.extensions["services"].registry.get().models()
     limit = max(r.context_window for r in routes) * BYTES_PER_TOKEN
     body = orjson.dumps(ask(models["wide"], "x" * limit))
     resp = client.post("/v1/jobs", data=body, content_type="application/json")

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from api.routing import Candidate, Target
+from api.routing import Candidate
 from api.schemas import parse_chat_request
 from api.serving import ChatService
 from registry.crud import add_backend, add_model
+from registry.queries import DeploymentInfo
 from tasks import keys
 from workers.protocol import ChatJob
 
@@ -21,12 +22,12 @@ QUEUE = "max-tokens-test"  # no worker consumes it: the jobs only sit in Redis
 
 
 @pytest.fixture(scope="module")
-def models(engine) -> None:
-    add_backend(engine, "max-tokens-nowhere", "openai-compatible", queue=QUEUE)
-    add_model(engine, "mt-capped", "max-tokens-nowhere", upstream="x", max_tokens=64)
-    add_model(engine, "mt-small", "max-tokens-nowhere", upstream="x", max_tokens=16)
+def models(registry_db) -> None:
+    add_backend(registry_db, "max-tokens-nowhere", "openai-compatible", queue=QUEUE)
+    add_model(registry_db, "mt-capped", "max-tokens-nowhere", upstream="x", max_tokens=64)
+    add_model(registry_db, "mt-small", "max-tokens-nowhere", upstream="x", max_tokens=16)
     add_model(
-        engine,
+        registry_db,
         "mt-primary",
         "max-tokens-nowhere",
         upstream="x",
@@ -34,7 +35,12 @@ def models(engine) -> None:
         fallbacks=["mt-small"],
     )
     add_model(
-        engine, "mt-whole", "max-tokens-nowhere", upstream="x", context_window=4096, max_tokens=4096
+        registry_db,
+        "mt-whole",
+        "max-tokens-nowhere",
+        upstream="x",
+        context_window=4096,
+        max_tokens=4096,
     )
 
 
@@ -43,7 +49,7 @@ def service(app, models) -> Iterator[ChatService]:
     with app.app_context():
         chat: ChatService = app.extensions["chat"]
         yield chat
-        chat.router.redis.delete(QUEUE, keys.queued_key(QUEUE))
+        chat.services.redis.delete(QUEUE, keys.queued_key(QUEUE))
 
 
 def error_of(resp, status: int) -> dict:
@@ -58,12 +64,14 @@ def ask(model: str, **fields: object) -> dict:
 def submitted(service: ChatService, body: dict, answering: str | None = None) -> ChatJob:
     """Submit `body` to the model `answering` (default: the one it asks for), as a fallback
     would be, and return the job as stored in Redis."""
-    route = service.router.registry.get().resolve(answering or body["model"])
+    route = service.services.registry.get().resolve(answering or body["model"])
     assert route is not None
-    target = Target("max-tokens-nowhere", "openai-compatible", QUEUE, "x", None, None)
-    sub = service.submit(parse_chat_request(body), cand=Candidate(route, target))
-    raw = service.router.redis.hget(keys.job_key(sub.job_id), "request")
-    service.router.jobs.cancel(sub.job_id)  # which drops the stored request
+    nowhere = DeploymentInfo(
+        "max-tokens-nowhere", "openai-compatible", QUEUE, "x", None, None, enabled=True
+    )
+    sub = service.submit(parse_chat_request(body), cand=Candidate(route, nowhere))
+    raw = service.services.redis.hget(keys.job_key(sub.job_id), "request")
+    service.services.jobs.cancel(sub.job_id)  # which drops the stored request
     return ChatJob.from_dict(orjson.loads(raw))
 
 

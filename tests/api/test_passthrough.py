@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from api.routing import Candidate, Target
+from api.routing import Candidate
 from api.schemas import parse_chat_request
 from api.serving import ChatService
 from registry.crud import add_backend, add_model
+from registry.queries import DeploymentInfo
 from tasks import keys
 from workers import openai_compat
 from workers.protocol import ChatJob
@@ -37,9 +38,9 @@ FIELDS: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def unserved(engine) -> str:
-    add_backend(engine, "passthrough-nowhere", "openai-compatible", queue=QUEUE)
-    add_model(engine, "passthrough-model", "passthrough-nowhere", upstream="x")
+def unserved(registry_db) -> str:
+    add_backend(registry_db, "passthrough-nowhere", "openai-compatible", queue=QUEUE)
+    add_model(registry_db, "passthrough-model", "passthrough-nowhere", upstream="x")
     return "passthrough-model"
 
 
@@ -48,19 +49,19 @@ def service(app) -> Iterator[ChatService]:
     with app.app_context():
         chat: ChatService = app.extensions["chat"]
         yield chat
-        chat.router.redis.delete(QUEUE, keys.queued_key(QUEUE))
+        chat.services.redis.delete(QUEUE, keys.queued_key(QUEUE))
 
 
 def extra_sent(service: ChatService, backend: str, kind: str, fields: dict[str, Any]) -> dict:
     """The `extra` of the job a request with `fields` becomes on a deployment of `backend`."""
-    route = service.router.registry.get().resolve(ASK["model"])
+    route = service.services.registry.get().resolve(ASK["model"])
     assert route is not None
     sub = service.submit(
         parse_chat_request({**ASK, **fields}),
-        cand=Candidate(route, Target(backend, kind, QUEUE, "x", None, None)),
+        cand=Candidate(route, DeploymentInfo(backend, kind, QUEUE, "x", None, None, enabled=True)),
     )
-    raw = service.router.redis.hget(keys.job_key(sub.job_id), "request")
-    service.router.jobs.cancel(sub.job_id)  # which drops the stored request
+    raw = service.services.redis.hget(keys.job_key(sub.job_id), "request")
+    service.services.jobs.cancel(sub.job_id)  # which drops the stored request
     extra: dict = ChatJob.from_dict(orjson.loads(raw)).extra
     return extra
 

@@ -64,7 +64,7 @@ def test_a_redis_failure_mid_chat_stream_ends_it_with_one_error_chunk(
     resp = client.post("/v1/chat/completions", json={**LONG, "stream": True}, buffered=False)
     assert resp.status_code == 200
     job_id = resp.headers["x-router-job-id"]
-    failing_reads(app.extensions["router"].jobs, monkeypatch, after=2)
+    failing_reads(app.extensions["services"].jobs, monkeypatch, after=2)
     lines = data_lines(resp.response)
     assert "[DONE]" not in lines
     last = orjson.loads(lines[-1])
@@ -84,7 +84,7 @@ def test_a_redis_failure_mid_jobs_stream_ends_it_with_an_error_frame(
     app: Any, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job_id = client.post("/v1/jobs", json=LONG).get_json()["id"]
-    failing_reads(app.extensions["router"].jobs, monkeypatch, after=1)
+    failing_reads(app.extensions["services"].jobs, monkeypatch, after=1)
     resp = client.get(f"/v1/jobs/{job_id}/events", buffered=False)
     assert resp.status_code == 200
     text = b"".join(resp.response).decode()
@@ -121,7 +121,7 @@ def test_a_redis_failure_mid_websocket_sends_one_error_message(
 
     client = app.test_client()
     job_id = client.post("/v1/jobs", json=LONG).get_json()["id"]
-    failing_reads(app.extensions["router"].jobs, monkeypatch, after=1)
+    failing_reads(app.extensions["services"].jobs, monkeypatch, after=1)
     ws = FakeSocket()
     with app.test_request_context("/v1/ws"):
         pump(ws, chat_service(), job_id, "local-mps", time.time() + 60, "0-0", owner=owner)

@@ -135,13 +135,13 @@ def test_the_chart_lints_with_the_rule_on() -> None:
 def exposition(used: int, limit: int) -> str:
     """What the API's /metrics says of a Redis holding `used` bytes of `limit`."""
     reading = ClusterReading({}, {}, {}, RedisMemory(used, limit))
-    router = SimpleNamespace(
+    services = SimpleNamespace(
         registry=SimpleNamespace(get=lambda: SimpleNamespace(backends=list)),
         redis=None,
         liveness=None,
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(api_metrics.ClusterCollector(router))  # type: ignore[arg-type]
+    registry.register(api_metrics.ClusterCollector(services))  # type: ignore[arg-type]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(api_metrics, "read_cluster", lambda *_: reading)
         return generate_latest(registry).decode()

@@ -25,7 +25,7 @@ def db_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def fresh_registry(db_url: str) -> Iterator[Engine]:
     """An initialised registry with no provider keys: only the local backend enabled."""
     eng = make_engine(db_url)
     init_db(eng, {})

@@ -28,9 +28,9 @@ while not go.exists():
     if time.monotonic() > deadline:
         sys.exit(3)
     time.sleep(0.0005)
-engine = make_engine(url)
-init_db(engine, {"OPENAI_API_KEY": "sk-test"})
-snap = load_snapshot(engine)
+fresh_registry = make_engine(url)
+init_db(fresh_registry, {"OPENAI_API_KEY": "sk-test"})
+snap = load_snapshot(fresh_registry)
 print(len(snap.models(enabled_only=False)), len(snap.backends()))
 """
 
@@ -63,9 +63,9 @@ def test_concurrent_init_db_on_fresh_file(tmp_path: Path) -> None:
         assert p.returncode == 0, err
         assert out.strip() == expected
 
-    engine = make_engine(url)
-    snap = load_snapshot(engine)
+    fresh_registry = make_engine(url)
+    snap = load_snapshot(fresh_registry)
     assert len(snap.models(enabled_only=False)) == len(seed.models)
     openai = snap.backend("openai")
     assert openai is not None and openai.enabled
-    engine.dispose()
+    fresh_registry.dispose()

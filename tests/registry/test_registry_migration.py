@@ -57,38 +57,38 @@ def old_db(tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def columns(engine: Engine, table: str) -> set[str]:
-    return {c["name"] for c in inspect(engine).get_columns(table)}
+def columns(fresh_registry: Engine, table: str) -> set[str]:
+    return {c["name"] for c in inspect(fresh_registry).get_columns(table)}
 
 
 def test_init_db_migrates_an_old_file(old_db: str) -> None:
-    engine = make_engine(old_db)
-    assert "policy" not in columns(engine, "model")
-    init_db(engine, {})
-    snap = load_snapshot(engine)
+    fresh_registry = make_engine(old_db)
+    assert "policy" not in columns(fresh_registry, "model")
+    init_db(fresh_registry, {})
+    snap = load_snapshot(fresh_registry)
     assert [m.id for m in snap.models()] == ["old-a", "old-b"]  # kept, not reseeded
     a = snap.resolve("a")
-    assert a is not None and (a.id, a.upstream, a.policy, a.fallbacks) == (
+    assert a is not None and (a.id, a.primary.upstream, a.policy, a.fallbacks) == (
         "old-a", "a-up", "priority", (),
     )  # fmt: skip
     assert [(d.backend, d.upstream, d.priority) for d in a.deployments] == [("local", "a-up", 0)]
     # the new writes work on the migrated file
-    add_deployment(engine, "old-a", "gw", upstream="org/a")
-    got = set_model(engine, "old-a", policy="least-loaded", fallbacks=["old-b"])
+    add_deployment(fresh_registry, "old-a", "gw", upstream="org/a")
+    got = set_model(fresh_registry, "old-a", policy="least-loaded", fallbacks=["old-b"])
     assert (got.policy, got.fallbacks) == ("least-loaded", ("old-b",))
     assert [d.backend for d in got.live_deployments()] == ["local", "gw"]
-    init_db(engine, {})  # a second start changes nothing
-    assert add_missing_columns(engine) == []
-    assert load_snapshot(engine).resolve("old-a") == got
-    engine.dispose()
+    init_db(fresh_registry, {})  # a second start changes nothing
+    assert add_missing_columns(fresh_registry) == []
+    assert load_snapshot(fresh_registry).resolve("old-a") == got
+    fresh_registry.dispose()
 
 
-def test_migrated_and_fresh_schemas_match(old_db: str, engine: Engine) -> None:
+def test_migrated_and_fresh_schemas_match(old_db: str, fresh_registry: Engine) -> None:
     old = make_engine(old_db)
     assert add_missing_columns(old) == ["model.policy", "model.fallbacks"]
     SQLModel.metadata.create_all(old)
     for table in ("backend", "model", "alias", "deployment"):
-        assert columns(old, table) == columns(engine, table), table
+        assert columns(old, table) == columns(fresh_registry, table), table
     old.dispose()
 
 
@@ -127,29 +127,29 @@ def test_seed_applies_policy_fallbacks_and_deployments(
 ) -> None:
     seed = parse_seed(SEED)
     monkeypatch.setattr("registry.db.load_seed", lambda: seed)
-    engine = make_engine(db_url)
-    init_db(engine, {"GW_URL": "http://gw"})
-    small = load_snapshot(engine).resolve("small")
+    fresh_registry = make_engine(db_url)
+    init_db(fresh_registry, {"GW_URL": "http://gw"})
+    small = load_snapshot(fresh_registry).resolve("small")
     assert small is not None
     assert (small.policy, small.fallbacks) == ("weighted", ("big",))
     assert [(d.backend, d.upstream, d.priority, d.weight) for d in small.deployments] == [
         ("local", "small-up", 0, 1.0),
         ("gw", "org/small", 2, 3.0),
     ]
-    big = load_snapshot(engine).resolve("big")
+    big = load_snapshot(fresh_registry).resolve("big")
     assert big is not None and (big.policy, big.fallbacks, len(big.deployments)) == (
         "priority", (), 1,
     )  # fmt: skip
-    engine.dispose()
+    fresh_registry.dispose()
 
 
 @pytest.mark.parametrize(("fallbacks", "message"), [(["ghost"], "unknown"), (["small"], "itself")])
 def test_seed_fallback_errors(fallbacks: list[str], message: str) -> None:
     raw = {**SEED, "models": [SEED["models"][0], {**SEED["models"][1], "fallbacks": fallbacks}]}
     seed = parse_seed(raw)
-    engine = make_engine("sqlite://")
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session, pytest.raises(ValueError, match=message):
+    fresh_registry = make_engine("sqlite://")
+    SQLModel.metadata.create_all(fresh_registry)
+    with Session(fresh_registry) as session, pytest.raises(ValueError, match=message):
         apply_seed(session, seed, {}, time.time())
 
 

@@ -26,8 +26,8 @@ from registry import (
 from registry.crud import add_deployment
 
 
-def test_resolve_by_id_and_alias(engine: Engine) -> None:
-    snap = load_snapshot(engine)
+def test_resolve_by_id_and_alias(fresh_registry: Engine) -> None:
+    snap = load_snapshot(fresh_registry)
     by_id = snap.resolve("smollm2-135m")
     assert isinstance(by_id, ModelRoute)
     assert snap.resolve("smollm2") == by_id
@@ -37,35 +37,35 @@ def test_resolve_by_id_and_alias(engine: Engine) -> None:
     assert snap.resolve("") is None
 
 
-def test_resolve_returns_disabled_models_with_flag(engine: Engine) -> None:
-    route = load_snapshot(engine).resolve("claude-sonnet-4-5")
+def test_resolve_returns_disabled_models_with_flag(fresh_registry: Engine) -> None:
+    route = load_snapshot(fresh_registry).resolve("claude-sonnet-4-5")
     assert route is not None
     assert route.enabled is False
-    assert (route.upstream, route.queue, route.kind) == (
+    assert (route.primary.upstream, route.primary.queue, route.primary.kind) == (
         "claude-sonnet-4-5-20250929",
         "anthropic",
         "anthropic",
     )
 
 
-def test_models_filter_and_order(engine: Engine) -> None:
-    snap = load_snapshot(engine)
+def test_models_filter_and_order(fresh_registry: Engine) -> None:
+    snap = load_snapshot(fresh_registry)
     every = snap.models(enabled_only=False)
     assert [m.id for m in every] == sorted(m.id for m in every)
     assert [m.id for m in snap.models()] == ["smollm2-135m"]
-    set_backend_enabled(engine, "grok", True)
-    ids = [m.id for m in load_snapshot(engine).models()]
+    set_backend_enabled(fresh_registry, "grok", True)
+    ids = [m.id for m in load_snapshot(fresh_registry).models()]
     assert ids == ["grok-3", "grok-3-mini", "grok-4", "smollm2-135m"]
 
 
-def test_snapshot_is_four_selects_and_frozen(engine: Engine) -> None:
+def test_snapshot_is_four_selects_and_frozen(fresh_registry: Engine) -> None:
     for i in range(5):
-        add_model(engine, f"m{i}", "local", aliases=[f"a{i}", f"b{i}"], fallbacks=["local"])
-        add_deployment(engine, f"m{i}", "llm-d")
-        add_deployment(engine, f"m{i}", "openai", priority=2)
+        add_model(fresh_registry, f"m{i}", "local", aliases=[f"a{i}", f"b{i}"], fallbacks=["local"])
+        add_deployment(fresh_registry, f"m{i}", "llm-d")
+        add_deployment(fresh_registry, f"m{i}", "openai", priority=2)
     statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
-    snap = load_snapshot(engine)
+    event.listen(fresh_registry, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
+    snap = load_snapshot(fresh_registry)
     assert len(statements) == 4, statements  # backends, models, aliases, deployments
     route = snap.resolve("b3")
     assert route is not None and route.id == "m3"
@@ -73,19 +73,19 @@ def test_snapshot_is_four_selects_and_frozen(engine: Engine) -> None:
         route.enabled = False  # type: ignore[misc]
 
 
-def test_add_model_defaults_and_route(engine: Engine) -> None:
-    route = add_model(engine, "tiny", "local", aliases=("t",))
-    assert route.upstream == "tiny"
+def test_add_model_defaults_and_route(fresh_registry: Engine) -> None:
+    route = add_model(fresh_registry, "tiny", "local", aliases=("t",))
+    assert route.primary.upstream == "tiny"
     assert (route.context_window, route.max_tokens) == (8192, 1024)
     assert (route.input_price, route.output_price) == (0.0, 0.0)
-    assert route.queue == "local-mps" and route.enabled
-    assert load_snapshot(engine).resolve("t") == route
+    assert route.primary.queue == "local-mps" and route.enabled
+    assert load_snapshot(fresh_registry).resolve("t") == route
 
 
-def test_add_model_on_operator_backend(engine: Engine) -> None:
-    add_backend(engine, "lab", "openai-compatible", base_url="http://lab:8000/v1")
+def test_add_model_on_operator_backend(fresh_registry: Engine) -> None:
+    add_backend(fresh_registry, "lab", "openai-compatible", base_url="http://lab:8000/v1")
     route = add_model(
-        engine,
+        fresh_registry,
         "lab/qwen",
         "lab",
         upstream="Qwen/Qwen2.5-7B-Instruct",
@@ -94,9 +94,9 @@ def test_add_model_on_operator_backend(engine: Engine) -> None:
         input_price=0.1,
         output_price=0.2,
     )
-    assert route.queue == "lab" and route.base_url == "http://lab:8000/v1"
+    assert route.primary.queue == "lab" and route.primary.base_url == "http://lab:8000/v1"
     assert route.cost_usd(1_000_000, 500_000) == pytest.approx(0.2)
-    assert load_snapshot(engine).resolve("lab/qwen") == route
+    assert load_snapshot(fresh_registry).resolve("lab/qwen") == route
 
 
 @pytest.mark.parametrize(
@@ -128,42 +128,46 @@ def test_add_model_on_operator_backend(engine: Engine) -> None:
         ({"id": "a b", "backend": "local"}, InvalidValueError, "no spaces"),
     ],
 )
-def test_add_model_errors(engine: Engine, kwargs: dict, error: type, message: str) -> None:
-    before = load_snapshot(engine).models(enabled_only=False)
+def test_add_model_errors(fresh_registry: Engine, kwargs: dict, error: type, message: str) -> None:
+    before = load_snapshot(fresh_registry).models(enabled_only=False)
     with pytest.raises(error, match=message) as info:
-        add_model(engine, **kwargs)
+        add_model(fresh_registry, **kwargs)
     assert isinstance(info.value, RegistryError) and isinstance(info.value, ValueError)
-    assert load_snapshot(engine).models(enabled_only=False) == before  # nothing half-written
+    assert (
+        load_snapshot(fresh_registry).models(enabled_only=False) == before
+    )  # nothing half-written
 
 
-def test_remove_model_removes_aliases(engine: Engine) -> None:
-    add_model(engine, "tmp", "local", aliases=["tmp-a", "tmp-b"])
-    remove_model(engine, "tmp")
-    snap = load_snapshot(engine)
+def test_remove_model_removes_aliases(fresh_registry: Engine) -> None:
+    add_model(fresh_registry, "tmp", "local", aliases=["tmp-a", "tmp-b"])
+    remove_model(fresh_registry, "tmp")
+    snap = load_snapshot(fresh_registry)
     assert snap.resolve("tmp") is None and snap.resolve("tmp-a") is None
     assert "tmp-a" not in snap.aliases
     # the freed names can be used again
-    add_model(engine, "tmp-a", "local", aliases=["tmp"])
-    route = load_snapshot(engine).resolve("tmp")
+    add_model(fresh_registry, "tmp-a", "local", aliases=["tmp"])
+    route = load_snapshot(fresh_registry).resolve("tmp")
     assert route is not None and route.id == "tmp-a"
 
 
-def test_remove_model_errors(engine: Engine) -> None:
+def test_remove_model_errors(fresh_registry: Engine) -> None:
     with pytest.raises(UnknownModelError, match=r"^unknown model 'ghost'$"):
-        remove_model(engine, "ghost")
+        remove_model(fresh_registry, "ghost")
     with pytest.raises(UnknownModelError, match="alias of 'smollm2-135m'"):
-        remove_model(engine, "smollm2")
-    assert load_snapshot(engine).resolve("smollm2") is not None
+        remove_model(fresh_registry, "smollm2")
+    assert load_snapshot(fresh_registry).resolve("smollm2") is not None
 
 
-def test_add_backend_and_toggle(engine: Engine) -> None:
-    info = add_backend(engine, "gpu-box", "llm-d", base_url="http://gw", api_key_env="GW_KEY")
+def test_add_backend_and_toggle(fresh_registry: Engine) -> None:
+    info = add_backend(
+        fresh_registry, "gpu-box", "llm-d", base_url="http://gw", api_key_env="GW_KEY"
+    )
     assert (info.queue, info.enabled, info.api_key_env) == ("gpu-box", True, "GW_KEY")
-    assert load_snapshot(engine).backend("gpu-box") == info
-    off = set_backend_enabled(engine, "gpu-box", False)
+    assert load_snapshot(fresh_registry).backend("gpu-box") == info
+    off = set_backend_enabled(fresh_registry, "gpu-box", False)
     assert off.enabled is False
-    assert load_snapshot(engine).backend("gpu-box") == off
-    q = add_backend(engine, "mac2", "local", queue="local-mps", enabled=False)
+    assert load_snapshot(fresh_registry).backend("gpu-box") == off
+    q = add_backend(fresh_registry, "mac2", "local", queue="local-mps", enabled=False)
     assert q.queue == "local-mps" and not q.enabled
 
 
@@ -178,12 +182,14 @@ def test_add_backend_and_toggle(engine: Engine) -> None:
         ({"name": "x", "kind": "local", "queue": "a b"}, InvalidValueError, "queue"),
     ],
 )
-def test_add_backend_errors(engine: Engine, kwargs: dict, error: type, message: str) -> None:
+def test_add_backend_errors(
+    fresh_registry: Engine, kwargs: dict, error: type, message: str
+) -> None:
     with pytest.raises(error, match=message):
-        add_backend(engine, **kwargs)
-    assert load_snapshot(engine).backend("x") is None
+        add_backend(fresh_registry, **kwargs)
+    assert load_snapshot(fresh_registry).backend("x") is None
 
 
-def test_set_backend_enabled_unknown(engine: Engine) -> None:
+def test_set_backend_enabled_unknown(fresh_registry: Engine) -> None:
     with pytest.raises(UnknownBackendError, match=r"unknown backend 'zzz' \(known: anthropic"):
-        set_backend_enabled(engine, "zzz", True)
+        set_backend_enabled(fresh_registry, "zzz", True)

@@ -22,48 +22,73 @@ from registry.models import POLICIES
 from registry.queries import DeploymentInfo
 
 
-def route(engine: Engine, name: str) -> ModelRoute:
-    found = load_snapshot(engine).resolve(name)
+def route(fresh_registry: Engine, name: str) -> ModelRoute:
+    found = load_snapshot(fresh_registry).resolve(name)
     assert found is not None, name
     return found
 
 
-def test_seeded_model_has_one_primary_deployment(engine: Engine) -> None:
-    smol = route(engine, "smollm2-135m")
+def test_seeded_model_has_one_primary_deployment(fresh_registry: Engine) -> None:
+    smol = route(fresh_registry, "smollm2-135m")
     primary = DeploymentInfo(
         backend="local", kind="local", queue="local-mps", upstream="smollm2-135m",
         base_url=None, api_key_env=None, enabled=True, priority=0, weight=1.0,
     )  # fmt: skip
     assert smol.deployments == (primary,)
-    assert smol.live_deployments() == (primary,) and smol.primary() == primary
+    assert smol.live_deployments() == (primary,) and smol.primary == primary
     assert (smol.policy, smol.fallbacks) == ("priority", ())
-    mini = route(engine, "gpt-4o-mini")
+    mini = route(fresh_registry, "gpt-4o-mini")
     assert [d.backend for d in mini.deployments] == ["openai"]
     assert mini.live_deployments() == () and mini.enabled is False
 
 
-def test_hand_built_route_keeps_working() -> None:
-    """Routes built with only the old fields (discovered llm-d models) still route."""
-    old = ModelRoute(
-        id="m", backend="gw", kind="llm-d", queue="llm-d", upstream="m", context_window=10,
-        max_tokens=10, input_price=0, output_price=0, aliases=(), base_url="http://gw",
-        api_key_env=None, enabled=True, created=0,
-    )  # fmt: skip
-    assert (old.deployments, old.policy, old.fallbacks) == ((), "priority", ())
-    (live,) = old.live_deployments()
-    assert (live.backend, live.queue, live.upstream, live.priority, live.weight) == (
-        "gw", "llm-d", "m", 0, 1.0,
-    )  # fmt: skip
-    assert dataclasses.replace(old, enabled=False).live_deployments() == ()
+def test_a_route_always_has_its_primary_deployment() -> None:
+    """Hand-built routes (discovered llm-d models) carry their one deployment too."""
+    gw = DeploymentInfo("gw", "llm-d", "llm-d", "m", "http://gw", None, enabled=True)
+    built = ModelRoute("m", 10, 10, 0, 0, (), 0, deployments=(gw,))
+    assert (built.primary, built.policy, built.fallbacks) == (gw, "priority", ())
+    assert (gw.priority, gw.weight) == (0, 1.0)
+    assert built.enabled and built.live_deployments() == (gw,)
+    off = dataclasses.replace(built, deployments=(dataclasses.replace(gw, enabled=False),))
+    assert not off.enabled and off.live_deployments() == ()
+    with pytest.raises(ValueError, match="no deployment"):
+        ModelRoute("m", 10, 10, 0, 0, (), 0, deployments=())
 
 
-def test_deployments_ordered_and_frozen(engine: Engine) -> None:
-    add_backend(engine, "lab", "openai-compatible", base_url="http://lab/v1", api_key_env="LAB")
-    add_backend(engine, "zz", "local", queue="zz-q")
-    add_deployment(engine, "smollm2", "llm-d", upstream="HF/SmolLM2", priority=2, weight=0.5)
-    add_deployment(engine, "smollm2-135m", "zz")  # default priority 1, weight 1
-    got = add_deployment(engine, "local", "lab", priority=1, weight=3)
-    assert got == route(engine, "smollm2-135m")
+def test_admin_view_puts_the_primary_at_the_top_level(fresh_registry: Engine) -> None:
+    """`GET /admin/models` shows the same keys, in the same order, as docs/api.md."""
+    add_deployment(fresh_registry, "gpt-4o-mini", "local", upstream="tiny-mini")
+    mini = route(fresh_registry, "gpt-4o-mini")
+    view = mini.as_dict()
+    assert list(view) == [
+        "id", "backend", "kind", "queue", "upstream", "context_window", "max_tokens",
+        "input_price", "output_price", "aliases", "base_url", "api_key_env", "enabled",
+        "created", "deployments", "policy", "fallbacks",
+    ]  # fmt: skip
+    assert (view["backend"], view["kind"], view["queue"], view["upstream"]) == (
+        "openai", "openai-compatible", "openai", "gpt-4o-mini",
+    )  # fmt: skip
+    assert view["base_url"] == "https://api.openai.com/v1"
+    assert view["api_key_env"] == "OPENAI_API_KEY"
+    assert view["enabled"] is True and view["created"] == mini.created
+    assert view["deployments"] == [dataclasses.asdict(d) for d in mini.deployments]
+    assert list(view["deployments"][1]) == [
+        "backend", "kind", "queue", "upstream", "base_url", "api_key_env", "enabled",
+        "priority", "weight",
+    ]  # fmt: skip
+
+
+def test_deployments_ordered_and_frozen(fresh_registry: Engine) -> None:
+    add_backend(
+        fresh_registry, "lab", "openai-compatible", base_url="http://lab/v1", api_key_env="LAB"
+    )
+    add_backend(fresh_registry, "zz", "local", queue="zz-q")
+    add_deployment(
+        fresh_registry, "smollm2", "llm-d", upstream="HF/SmolLM2", priority=2, weight=0.5
+    )
+    add_deployment(fresh_registry, "smollm2-135m", "zz")  # default priority 1, weight 1
+    got = add_deployment(fresh_registry, "local", "lab", priority=1, weight=3)
+    assert got == route(fresh_registry, "smollm2-135m")
     assert [(d.backend, d.priority) for d in got.deployments] == [
         ("local", 0), ("lab", 1), ("zz", 1), ("llm-d", 2),
     ]  # fmt: skip
@@ -75,58 +100,62 @@ def test_deployments_ordered_and_frozen(engine: Engine) -> None:
     llmd = got.deployments[3]
     assert (llmd.upstream, llmd.weight, llmd.enabled) == ("HF/SmolLM2", 0.5, False)
     assert [d.backend for d in got.live_deployments()] == ["local", "lab", "zz"]
-    assert (got.backend, got.queue, got.upstream) == ("local", "local-mps", "smollm2-135m")
+    p = got.primary
+    assert (p.backend, p.queue, p.upstream) == ("local", "local-mps", "smollm2-135m")
     with pytest.raises(dataclasses.FrozenInstanceError):
         lab.weight = 2  # type: ignore[misc]
 
 
-def test_enabled_when_any_deployment_is(engine: Engine) -> None:
-    add_deployment(engine, "gpt-4o-mini", "local", upstream="tiny-mini")
-    mini = route(engine, "gpt-4o-mini")
+def test_enabled_when_any_deployment_is(fresh_registry: Engine) -> None:
+    add_deployment(fresh_registry, "gpt-4o-mini", "local", upstream="tiny-mini")
+    mini = route(fresh_registry, "gpt-4o-mini")
     assert mini.enabled is True
-    assert (mini.backend, mini.kind, mini.queue) == ("openai", "openai-compatible", "openai")
-    assert mini.api_key_env == "OPENAI_API_KEY"  # top-level fields stay the primary's
+    p = mini.primary  # a disabled primary stays the primary
+    assert (p.backend, p.kind, p.queue) == ("openai", "openai-compatible", "openai")
+    assert p.api_key_env == "OPENAI_API_KEY"
     assert [(d.backend, d.upstream) for d in mini.live_deployments()] == [("local", "tiny-mini")]
-    assert "gpt-4o-mini" in [m.id for m in load_snapshot(engine).models()]
-    set_backend_enabled(engine, "local", False)
-    assert route(engine, "gpt-4o-mini").enabled is False
-    assert load_snapshot(engine).models() == []
+    assert "gpt-4o-mini" in [m.id for m in load_snapshot(fresh_registry).models()]
+    set_backend_enabled(fresh_registry, "local", False)
+    assert route(fresh_registry, "gpt-4o-mini").enabled is False
+    assert load_snapshot(fresh_registry).models() == []
 
 
-def test_remove_deployment_and_redeploy(engine: Engine) -> None:
-    add_deployment(engine, "smollm2-135m", "llm-d")
-    after = remove_deployment(engine, "smollm2", "llm-d")
+def test_remove_deployment_and_redeploy(fresh_registry: Engine) -> None:
+    add_deployment(fresh_registry, "smollm2-135m", "llm-d")
+    after = remove_deployment(fresh_registry, "smollm2", "llm-d")
     assert [d.backend for d in after.deployments] == ["local"]
-    assert route(engine, "smollm2-135m") == after
-    again = add_deployment(engine, "smollm2-135m", "llm-d", priority=4)
+    assert route(fresh_registry, "smollm2-135m") == after
+    again = add_deployment(fresh_registry, "smollm2-135m", "llm-d", priority=4)
     assert [(d.backend, d.priority) for d in again.deployments] == [("local", 0), ("llm-d", 4)]
 
 
-def test_set_policy_and_fallbacks(engine: Engine) -> None:
+def test_set_policy_and_fallbacks(fresh_registry: Engine) -> None:
     got = set_model(
-        engine,
+        fresh_registry,
         "smollm2",  # an alias names the model too
         policy="weighted",
         fallbacks=["gpt-4o-mini", "claude-sonnet-4-5-20250929", "gpt-4o-mini", "claude-sonnet-4-5"],
     )
     assert got.id == "smollm2-135m"
     assert (got.policy, got.fallbacks) == ("weighted", ("gpt-4o-mini", "claude-sonnet-4-5"))
-    assert route(engine, "smollm2-135m") == got
-    assert set_model(engine, "smollm2-135m", policy="latency").fallbacks == got.fallbacks
-    cleared = set_model(engine, "smollm2-135m", fallbacks=[])
+    assert route(fresh_registry, "smollm2-135m") == got
+    assert set_model(fresh_registry, "smollm2-135m", policy="latency").fallbacks == got.fallbacks
+    cleared = set_model(fresh_registry, "smollm2-135m", fallbacks=[])
     assert (cleared.policy, cleared.fallbacks) == ("latency", ())
     for policy in POLICIES:
-        assert set_model(engine, "smollm2-135m", policy=policy).policy == policy
+        assert set_model(fresh_registry, "smollm2-135m", policy=policy).policy == policy
     # mutual fallbacks are allowed; callers must not revisit a model
-    set_model(engine, "gpt-4o", fallbacks=["gpt-4o-mini"])
-    assert set_model(engine, "gpt-4o-mini", fallbacks=["gpt-4o"]).fallbacks == ("gpt-4o",)
+    set_model(fresh_registry, "gpt-4o", fallbacks=["gpt-4o-mini"])
+    assert set_model(fresh_registry, "gpt-4o-mini", fallbacks=["gpt-4o"]).fallbacks == ("gpt-4o",)
 
 
-def test_add_model_with_policy_and_fallbacks(engine: Engine) -> None:
-    got = add_model(engine, "x", "local", policy="least-loaded", fallbacks=["local", "gpt-4o"])
+def test_add_model_with_policy_and_fallbacks(fresh_registry: Engine) -> None:
+    got = add_model(
+        fresh_registry, "x", "local", policy="least-loaded", fallbacks=["local", "gpt-4o"]
+    )
     assert (got.policy, got.fallbacks) == ("least-loaded", ("smollm2-135m", "gpt-4o"))
     assert [d.backend for d in got.deployments] == ["local"]
-    assert route(engine, "x") == got
+    assert route(fresh_registry, "x") == got
 
 
 @pytest.mark.parametrize(
@@ -178,43 +207,47 @@ def test_add_model_with_policy_and_fallbacks(engine: Engine) -> None:
          "ghost"),
     ],
 )  # fmt: skip
-def test_routing_errors(engine: Engine, call: Any, kwargs: dict, error: type, message: str) -> None:
-    add_deployment(engine, "gpt-4o-mini", "local")
-    before = load_snapshot(engine).models(enabled_only=False)
+def test_routing_errors(
+    fresh_registry: Engine, call: Any, kwargs: dict, error: type, message: str
+) -> None:
+    add_deployment(fresh_registry, "gpt-4o-mini", "local")
+    before = load_snapshot(fresh_registry).models(enabled_only=False)
     with pytest.raises(error, match=message) as info:
-        call(engine, **kwargs)
+        call(fresh_registry, **kwargs)
     assert isinstance(info.value, RegistryError) and "\n" not in str(info.value)
-    assert load_snapshot(engine).models(enabled_only=False) == before  # nothing half-written
+    assert (
+        load_snapshot(fresh_registry).models(enabled_only=False) == before
+    )  # nothing half-written
 
 
-def test_remove_model_cleans_deployments_and_fallbacks(engine: Engine) -> None:
-    add_model(engine, "tmp", "local", aliases=["t"])
-    add_deployment(engine, "tmp", "llm-d")
-    set_model(engine, "smollm2-135m", fallbacks=["t", "gpt-4o"])
-    set_model(engine, "gpt-4o", fallbacks=["tmp"])
-    set_model(engine, "grok-4", fallbacks=["gpt-4o"])
-    assert remove_model(engine, "tmp") == ["gpt-4o", "smollm2-135m"]
-    assert route(engine, "smollm2-135m").fallbacks == ("gpt-4o",)
-    assert route(engine, "gpt-4o").fallbacks == ()
-    assert route(engine, "grok-4").fallbacks == ("gpt-4o",)
-    with engine.connect() as conn:
+def test_remove_model_cleans_deployments_and_fallbacks(fresh_registry: Engine) -> None:
+    add_model(fresh_registry, "tmp", "local", aliases=["t"])
+    add_deployment(fresh_registry, "tmp", "llm-d")
+    set_model(fresh_registry, "smollm2-135m", fallbacks=["t", "gpt-4o"])
+    set_model(fresh_registry, "gpt-4o", fallbacks=["tmp"])
+    set_model(fresh_registry, "grok-4", fallbacks=["gpt-4o"])
+    assert remove_model(fresh_registry, "tmp") == ["gpt-4o", "smollm2-135m"]
+    assert route(fresh_registry, "smollm2-135m").fallbacks == ("gpt-4o",)
+    assert route(fresh_registry, "gpt-4o").fallbacks == ()
+    assert route(fresh_registry, "grok-4").fallbacks == ("gpt-4o",)
+    with fresh_registry.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM deployment")).scalar() == 0
-    fresh = add_model(engine, "tmp", "openai")  # the id is free again, with no leftovers
+    fresh = add_model(fresh_registry, "tmp", "openai")  # the id is free again, with no leftovers
     assert [d.backend for d in fresh.deployments] == ["openai"]
-    assert remove_model(engine, "tmp") == []
+    assert remove_model(fresh_registry, "tmp") == []
 
 
-def test_snapshot_drops_dangling_and_malformed_fallbacks(engine: Engine) -> None:
-    with engine.begin() as conn:
+def test_snapshot_drops_dangling_and_malformed_fallbacks(fresh_registry: Engine) -> None:
+    with fresh_registry.begin() as conn:
         conn.execute(text("""UPDATE model SET fallbacks='["ghost","gpt-4o"]' WHERE id='grok-4'"""))
         conn.execute(text("UPDATE model SET fallbacks='{oops' WHERE id='grok-3'"))
-    assert route(engine, "grok-4").fallbacks == ("gpt-4o",)
-    assert route(engine, "grok-3").fallbacks == ()
+    assert route(fresh_registry, "grok-4").fallbacks == ("gpt-4o",)
+    assert route(fresh_registry, "grok-3").fallbacks == ()
 
 
-def test_database_keeps_one_deployment_per_backend(engine: Engine) -> None:
+def test_database_keeps_one_deployment_per_backend(fresh_registry: Engine) -> None:
     """The unique key that turns a lost race into ConcurrentChangeError."""
-    add_deployment(engine, "gpt-4o", "local")
+    add_deployment(fresh_registry, "gpt-4o", "local")
     insert = "INSERT INTO deployment (model_id, backend, upstream, priority, weight) "
-    with pytest.raises(IntegrityError), engine.begin() as conn:
+    with pytest.raises(IntegrityError), fresh_registry.begin() as conn:
         conn.execute(text(insert + "VALUES ('gpt-4o', 'local', 'other', 3, 1.0)"))
