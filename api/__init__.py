@@ -15,40 +15,37 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask, Response, g, request
 
-from api import errors, guard, logging_json, metrics, requestlog
+from api import accountant, errors, guard, logging_json, metrics, requestlog
 from api.blueprints import admin, health, jobs, openai, ui, ws
 from api.blueprints import metrics as metrics_bp
 from api.blueprints import openapi as openapi_bp
-from api.config import defaults
-from api.extension import Router
+from api.services import Services
 from api.serving import ChatService
+from core.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-#: Settings taken from ROUTER_* exactly as written: from_prefixed_env JSON-decodes values,
-#: which would turn an admin key of `0` or `false` into a falsy one (loopback-only /admin).
-RAW_SETTINGS = ("ADMIN_KEY", "HOST", "ALLOWED_HOSTS", "ALLOWED_ORIGINS")
 ADMIN_KEY_MIN = 16  # characters; a shorter ROUTER_ADMIN_KEY stops the API from starting
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Defaults, then ROUTER_* environment variables (and a .env file; RAW_SETTINGS as
-    written), then `config`. An admin key shorter than ADMIN_KEY_MIN stops it here."""
+    """The settings (core.settings: defaults, then the environment and a .env file, which
+    never replaces a variable already set, then `config` by NAME) become app.config
+    (`config["JOB_TTL"]`); keys of `config` that name no setting, such as Flask's own
+    TESTING, join them as given. An admin key shorter than ADMIN_KEY_MIN stops it here."""
     load_dotenv(override=False)
+    settings = Settings.load(os.environ, config)
+    check_admin_key(settings.admin_key)
     app = Flask(__name__)
-    base = defaults(os.environ)
-    app.config.from_mapping(base)
-    app.config.from_prefixed_env("ROUTER")
-    app.config.update(raw_settings(os.environ, base))
-    if config:
-        app.config.update(config)
-    check_admin_key(app.config.get("ADMIN_KEY"))
+    ours = settings.as_config()
+    app.config.update(ours)
+    app.config.update({k: v for k, v in (config or {}).items() if k not in ours})
     app.config["SOCK_SERVER_OPTIONS"] = ws.server_options(app.config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    router = Router(app.config, os.environ)
-    app.extensions["router"] = router
-    app.extensions["chat"] = ChatService(router)
+    services = Services(app.config, os.environ)
+    app.extensions["services"] = services
+    app.extensions["chat"] = ChatService(services)
 
     errors.init_app(app)
     for bp in (openai.bp, jobs.bp, ws.bp, admin.bp, health.bp, metrics_bp.bp, ui.bp, openapi_bp.bp):
@@ -58,19 +55,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     guard.init_app(app)  # Host, Origin, Content-Type: before any route, with a request id
     metrics.init_app(app)
     requestlog.init_app(app)
+    accountant.init_app(app)  # after the request log, whose writer it records into
     app.after_request(_tag_response)
     return app
-
-
-def raw_settings(env: Mapping[str, str], base: Mapping[str, Any]) -> dict[str, Any]:
-    """RAW_SETTINGS as their ROUTER_* variables spell them; an empty one is unset (compose
-    passes `ROUTER_ADMIN_KEY=` when .env leaves it blank)."""
-    found: dict[str, Any] = {}
-    for name in RAW_SETTINGS:
-        value = env.get(f"ROUTER_{name}")
-        if value is not None:
-            found[name] = value or base[name]
-    return found
 
 
 def check_admin_key(key: object) -> None:

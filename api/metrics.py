@@ -1,5 +1,6 @@
-"""Prometheus metrics of the API: what each chat completion did, and, at scrape time, what
-Redis says about queues, workers and circuits.
+"""Prometheus metrics of the API: what each chat completion did (counted once per completion
+by api/accounting.py, through `record_completion`), and, at scrape time, what Redis says
+about queues, workers and circuits.
 
     router_requests_total{model,backend,status}        counter  finished chat completions
     router_request_latency_seconds{model,backend}      histogram request start -> last event
@@ -17,8 +18,9 @@ Redis says about queues, workers and circuits.
     router_redis_memory_max_bytes                      gauge    Redis' maxmemory (0: no limit)
 
 `model` is the model asked for (aliases resolved; `unknown` if it is not in the registry),
-`backend` the one that answered, `status` the HTTP status as text (499: the client went
-away or cancelled). Workers expose nothing: the gauges read their state from Redis.
+`backend` the backend of the job that answered or failed last (`none`: no job was made),
+`status` the HTTP status as text (499: the client went away or cancelled). Workers expose
+nothing: the gauges read their state from Redis.
 
 Under gunicorn every worker process counts its own requests. With PROMETHEUS_MULTIPROC_DIR
 set in the environment the process starts with (not only in .env: prometheus_client reads it
@@ -32,32 +34,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import redis
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from api.extension import Router
-from api.serving import ChatService, Started, Submitted
-from registry.requestlog import LogEntry, cost_usd
-from tasks.events import StreamEvent
-from tasks.keys import Event
-from tasks.metrics import current_request_id, read_cluster
-from workers.errors import RouterError
+from api.services import Services
+from tasks.metrics import read_cluster
 
 log = logging.getLogger(__name__)
 
-OK = "200"
-CLIENT_GONE = "499"  # nginx's "client closed request": went away or cancelled
-UNKNOWN = "unknown"  # model label of a request for a model the registry does not have
 NONE = "none"  # backend label of a request that never reached a backend
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -153,12 +145,12 @@ def record_log_drop(n: int = 1) -> None:
 class ClusterCollector(Collector):
     """Scrape-time gauges read from Redis for every registry backend and its queue."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("router_redis_up", "1 if this scrape could read Redis.")
-        r = self.router
+        r = self.services
         pairs = [(b.name, b.queue) for b in r.registry.get().backends()]
         try:
             reading = read_cluster(r.redis, r.liveness, pairs)
@@ -204,18 +196,18 @@ class _Forward(Collector):
 
 
 def render(
-    router: Router | None, multiproc_dir: str | None, accept: str | None = None
+    services: Services | None, multiproc_dir: str | None, accept: str | None = None
 ) -> tuple[bytes, str]:
     """The exposition and its content type (negotiated from the `accept` header: Prometheus
     text by default, OpenMetrics when asked): every process's samples from `multiproc_dir`
-    when set, else this process's default registry; then the Redis gauges if `router`."""
+    when set, else this process's default registry; then the Redis gauges if `services`."""
     registry = CollectorRegistry(auto_describe=False)
     if multiproc_dir:
         MultiProcessCollector(registry, path=multiproc_dir)
     else:
         registry.register(_Forward(REGISTRY))
-    if router is not None:
-        registry.register(ClusterCollector(router))
+    if services is not None:
+        registry.register(ClusterCollector(services))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 
@@ -256,146 +248,3 @@ def _count_response(resp: Response) -> Response:
     except OSError as exc:  # an unwritable multiprocess directory: serve, but say so
         log.warning("metrics: could not count a response (%s)", exc)
     return resp
-
-
-# -- one completion -----------------------------------------------------------------------
-
-
-class LogSink(Protocol):
-    """Where finished completions go besides the metrics (the request-log writer)."""
-
-    def submit(self, entry: LogEntry) -> bool: ...
-
-
-class CompletionObserver:
-    """Times one chat completion from its creation and records it exactly once, when it
-    ends: `record_completion` and a request-log entry. It never fails the request."""
-
-    def __init__(
-        self,
-        requested: str,
-        *,
-        request_id: str | None = None,
-        sink: LogSink | None = None,
-        key_name: str | None = None,
-    ) -> None:
-        self.requested, self.request_id, self.sink = requested, request_id, sink
-        self.key_name = key_name
-        self.t0 = time.monotonic()
-        self.ttft: float | None = None
-        self.sub: Submitted | None = None
-        self.finished = False
-
-    @classmethod
-    def begin(cls, service: ChatService, model: object) -> CompletionObserver:
-        """For a request in the current app: `model` as the registry names it, the request
-        id, and the app's request-log writer (if any)."""
-        route = service.router.registry.get().resolve(model) if isinstance(model, str) else None
-        rid = g.get("request_id") if has_request_context() else None
-        sink = current_app.extensions.get("requestlog")
-        return cls(
-            route.id if route else UNKNOWN, request_id=rid or current_request_id(), sink=sink
-        )
-
-    def start(
-        self, service: ChatService, req: Any, headers: Any = None, client: Any = None
-    ) -> Started:
-        """`service.start(req, headers, client)`, observed: a failure before the first token
-        is recorded and re-raised; the returned Started's events are watched."""
-        try:
-            started = service.start(req, headers=headers, client=client)
-        except RouterError as exc:
-            gone = exc.code == "job_cancelled"  # the client hung up, or cancelled it
-            self.finish(CLIENT_GONE if gone else str(exc.status_code))
-            raise
-        except Exception:
-            self.finish("500")  # recorded as a server error; the error handler renders it
-            raise
-        self.submitted(started.sub)
-        for event in started.head:
-            self._see(event)
-        return Started(started.sub, started.head, self.events(started.rest))
-
-    def submitted(self, sub: Submitted) -> None:
-        """The job that answers (after any fallback)."""
-        self.sub = sub
-
-    def events(self, events: Iterable[StreamEvent | None]) -> Iterator[StreamEvent | None]:
-        """Pass a job's events through, noting the first token and the end. A reader that
-        stops before the end (client gone) is recorded as 499 when this is closed."""
-        try:
-            for event in events:
-                if event is not None:
-                    self._see(event)
-                yield event
-        except RouterError as exc:
-            self.finish(str(exc.status_code))
-            raise
-        except Exception:
-            self.finish("500")  # recorded as a server error, then propagated
-            raise
-        finally:
-            self.finish(CLIENT_GONE)
-
-    def _see(self, event: StreamEvent) -> None:
-        if event.type is Event.TOKEN and self.ttft is None:
-            self.ttft = time.monotonic() - self.t0
-        elif event.type is Event.DONE:
-            usage = event.usage
-            self.finish(
-                OK, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0
-            )
-        elif event.type is Event.ERROR:
-            self.finish(str(event.error.status if event.error else 500))
-        elif event.type is Event.CANCELLED:
-            self.finish(CLIENT_GONE)
-
-    def finish(self, status: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Record the completion with `status`; later calls do nothing."""
-        if self.finished:
-            return
-        self.finished = True
-        latency = time.monotonic() - self.t0
-        sub = self.sub
-        answered = sub.route.id if sub else None
-        fallback = answered if answered and answered != self.requested else None
-        backend = (sub.backend if sub else "") or NONE
-        try:
-            record_completion(
-                self.requested,
-                backend,
-                status,
-                latency,
-                self.ttft,
-                prompt_tokens,
-                completion_tokens,
-                fallback,
-            )
-            if self.sink is None:
-                return
-            cost = 0.0
-            if sub is not None:
-                route = sub.route
-                cost = cost_usd(
-                    prompt_tokens, completion_tokens, route.input_price, route.output_price
-                )
-            self.sink.submit(
-                LogEntry(
-                    time=time.time(),
-                    request_id=self.request_id or "",
-                    job_id=sub.job_id if sub else None,
-                    key_name=self.key_name,
-                    model=self.requested,
-                    backend=backend,
-                    status=status,
-                    latency_ms=round(latency * 1000, 3),
-                    ttft_ms=None if self.ttft is None else round(self.ttft * 1000, 3),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cost_usd=cost,
-                    fallback=fallback,
-                )
-            )
-        except Exception:
-            # Observability must never fail a request: say so in the log and carry on.
-            log.exception("could not record completion %s", sub.job_id if sub else "")

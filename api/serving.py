@@ -9,21 +9,21 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
 from api.client import Client
-from api.extension import Router
-from api.routing import UNBOUNDED, Budget, Candidate, Refusal, queue_full
+from api.routing import UNBOUNDED, Budget, Candidate, Refusal, RefusalReason, queue_full
 from api.routing import chain as fallback_chain
 from api.schemas import ChatCompletionRequest, completion_body
-from registry.queries import ModelRoute
+from api.services import Services
+from core.logs import current_request_id
+from registry.queries import DeploymentInfo, ModelRoute
 from tasks.dispatch import task_message
 from tasks.events import StreamEvent, Transcript
 from tasks.jobs import QueueFull
 from tasks.keys import Event, JobStatus
-from tasks.metrics import current_request_id
 from workers.errors import (
     ConflictError,
     GatewayTimeoutError,
@@ -54,11 +54,10 @@ class Submitted:
 
     job_id: str
     route: ModelRoute
+    deployment: DeploymentInfo
     created: int
     deadline: float
     replayed: bool = False
-    backend: str = ""
-    queue: str = ""
 
 
 @dataclass
@@ -86,21 +85,21 @@ def _unavailable(refusals: list[Refusal], worker_wait: float) -> RouterError:
         return ServiceUnavailableError("No deployment of this model is enabled.")
     first = refusals[0]
     wait = first.retry_after if first.retry_after is not None else worker_wait
-    code = {"no_worker": "no_worker_available"}.get(first.reason, first.reason)
+    code = "no_worker_available" if first.reason is RefusalReason.NO_WORKER else first.reason.value
     return ServiceUnavailableError(first.message, code=code, retry_after=wait)
 
 
 class ChatService:
     """The request path shared by /v1/chat/completions, /v1/jobs and /v1/ws."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.worker_wait = float(router.config["WORKER_WAIT"])
-        self.timeout = float(router.config["REQUEST_TIMEOUT"])
-        self.queue_wait = float(router.config["QUEUE_WAIT"])
-        self.queue_limit = int(router.config["QUEUE_LIMIT"])
-        self.queue_timeout = float(router.config["QUEUE_TIMEOUT"])
-        names = str(router.config.get("FORWARD_HEADERS") or "").split(",")
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.worker_wait = float(services.config["WORKER_WAIT"])
+        self.timeout = float(services.config["REQUEST_TIMEOUT"])
+        self.queue_wait = float(services.config["QUEUE_WAIT"])
+        self.queue_limit = int(services.config["QUEUE_LIMIT"])
+        self.queue_timeout = float(services.config["QUEUE_TIMEOUT"])
+        names = str(services.config.get("FORWARD_HEADERS") or "").split(",")
         self.forward = {n.strip().lower() for n in names if n.strip()}
 
     def budget(self, client: Client | None) -> Budget:
@@ -112,16 +111,17 @@ class ChatService:
 
     def resolve(self, model: str) -> ModelRoute:
         """Registry lookup by id or alias; 404 model_not_found like OpenAI."""
-        route = self.router.registry.get().resolve(model)
+        route = self.services.registry.get().resolve(model)
         if route is None:
             raise ModelNotFoundError(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="model",
             )
         if not route.enabled:
-            hint = f" (set {route.api_key_env})" if route.api_key_env else ""
+            primary = route.primary
+            hint = f" (set {primary.api_key_env})" if primary.api_key_env else ""
             raise ModelNotFoundError(
-                f"The model `{model}` is not enabled: its backend `{route.backend}` "
+                f"The model `{model}` is not enabled: its backend `{primary.backend}` "
                 f"is disabled{hint}.",
                 param="model",
             )
@@ -143,14 +143,15 @@ class ChatService:
         give_up = time.monotonic() + (self.worker_wait if wait else 0)
 
         def skip(c: Candidate) -> bool:
-            return (c.route.id, c.target.backend) in tried or c.route.context_window <= min_context
+            taken = (c.route.id, c.deployment.backend) in tried
+            return taken or c.route.context_window <= min_context
 
         while True:
-            snapshot = self.router.registry.get()
-            cand, refusals = self.router.picker.pick(route, snapshot, skip, budget)
+            snapshot = self.services.registry.get()
+            cand, refusals = self.services.picker.pick(route, snapshot, skip, budget)
             if cand is not None:
                 return cand
-            waiting = bool(refusals) and all(r.reason == "no_worker" for r in refusals)
+            waiting = bool(refusals) and all(r.reason is RefusalReason.NO_WORKER for r in refusals)
             if not waiting or time.monotonic() >= give_up:
                 raise _unavailable(refusals, self.worker_wait)
             time.sleep(0.25)
@@ -164,7 +165,7 @@ class ChatService:
         """The model the request names, once the checks that need it passed, before any
         wait for a worker: text that cannot fit the model nor any fallback is a 400
         context_length_exceeded, more tokens than the model's cap a 400 (docs/api.md)."""
-        snapshot = self.router.registry.get()
+        snapshot = self.services.registry.get()
         if cand is None:
             asked = self.resolve(req.model)
         else:  # a deployment or fallback chosen by the caller: the checks stay the model's
@@ -193,7 +194,7 @@ class ChatService:
         given = cand is not None
         asked = self.checked_model(req, cand)
         cand = cand or self.pick(asked, budget=self.budget(client))
-        route, t = cand.route, cand.target
+        route, d = cand.route, cand.deployment
         # the cap is also the default, unless it is the whole context window (discovered
         # models): sent, it would leave the prompt no room
         default = route.max_tokens if route.max_tokens < route.context_window else None
@@ -202,24 +203,24 @@ class ChatService:
         job = ChatJob(
             id=new_job_id(),
             model=route.id,
-            backend=t.backend,
-            kind=t.kind,
-            upstream_model=t.upstream,
+            backend=d.backend,
+            kind=d.kind,
+            upstream_model=d.upstream,
             messages=req.messages_as_dicts(),
             sampling=sampling,
-            extra=passed(req.extra(), t.backend, t.kind),
-            base_url=t.base_url,
-            api_key_env=t.api_key_env,
+            extra=passed(req.extra(), d.backend, d.kind),
+            base_url=d.base_url,
+            api_key_env=d.api_key_env,
             headers=self.forwarded(headers),
             created=now,
             deadline=deadline or now + self.timeout,
             request_id=current_request_id(),
         )
-        message = task_message(job.id, 1, t.queue)
+        message = task_message(job.id, 1, d.queue)
         try:
-            job_id = self.router.jobs.create(
+            job_id = self.services.jobs.create(
                 job,
-                t.queue,
+                d.queue,
                 idempotency_key=idempotency_key,
                 digest=digest,
                 message=message,
@@ -229,12 +230,12 @@ class ChatService:
         except QueueFull:
             if given:
                 raise  # the caller moves on to its next candidate
-            raise _unavailable([queue_full(t.queue, self.queue_limit)], self.worker_wait) from None
+            raise _unavailable([queue_full(d.queue, self.queue_limit)], self.worker_wait) from None
         if client is not None:
             client.attach(job_id)
         replayed = job_id != job.id  # the same Idempotency-Key and body were seen before
         end = job.deadline or now
-        return Submitted(job_id, route, int(now), end, replayed, backend=t.backend, queue=t.queue)
+        return Submitted(job_id, route, d, int(now), end, replayed)
 
     def submit_now(
         self,
@@ -271,28 +272,32 @@ class ChatService:
                     req, headers=headers, cand=cand, deadline=deadline, client=client
                 )
             except QueueFull as full:
-                log.info("queue %s full (%d waiting)", cand.target.queue, full.waiting)
-                tried.add((cand.route.id, cand.target.backend))
-                full_queue, wait = full_queue or cand.target.queue, False
+                log.info("queue %s full (%d waiting)", cand.deployment.queue, full.waiting)
+                tried.add((cand.route.id, cand.deployment.backend))
+                full_queue, wait = full_queue or cand.deployment.queue, False
 
     def start(
         self,
         req: ChatCompletionRequest,
         headers: Iterable[tuple[str, str]] | None = None,
         client: Client | None = None,
+        on_submit: Callable[[Submitted], object] | None = None,
     ) -> Started:
         """Submit and read up to the first token, falling back before it if need be: to
         the model's next deployment or fallback model when the first fails (overload, 5xx,
         timeout, context too long) or its job waits in the queue past QUEUE_WAIT. Once a
-        token has arrived, the answer is this one's."""
+        token has arrived, the answer is this one's. `on_submit` is told of each job as it
+        is submitted: the last one told answers (api/accounting.py owes its record)."""
         headers = list(headers or ())
         route = self.resolve(req.model)
         tried: set[tuple[str, str]] = set()
         sub = self.submit_now(req, route, headers=headers, client=client, tried=tried)
+        if on_submit is not None:
+            on_submit(sub)
         queue_wait = self.queue_wait
         while True:
-            tried.add((sub.route.id, sub.backend))
-            events = self.events(sub.job_id, sub.queue, sub.deadline)
+            tried.add((sub.route.id, sub.deployment.backend))
+            events = self.events(sub.job_id, sub.deployment.queue, sub.deadline)
             min_context = 0
             try:
                 watched = self._watch_queue(events, sub, queue_wait)
@@ -322,16 +327,18 @@ class ChatService:
                 queue_wait = 0  # nowhere else to go: keep waiting for this job
                 continue
             if failure is None:
-                self.router.jobs.cancel(sub.job_id)
+                self.services.jobs.cancel(sub.job_id)
             log.info(
                 "job %s on %s: %s; fell back to %s on %s",
                 sub.job_id,
-                sub.backend,
+                sub.deployment.backend,
                 failure.code if failure else "queued too long",
                 nxt.route.id,
-                nxt.backend,
+                nxt.deployment.backend,
             )
             sub = nxt
+            if on_submit is not None:
+                on_submit(sub)
 
     def _watch_queue(
         self, events: Iterator[StreamEvent | None], sub: Submitted, limit: float
@@ -342,7 +349,7 @@ class ChatService:
         for event in events:
             seen = seen or event is not None
             if not seen and limit and time.monotonic() - since > limit:
-                rec = self.router.jobs.record(sub.job_id)
+                rec = self.services.jobs.record(sub.job_id)
                 if rec is not None and rec.status is JobStatus.QUEUED:
                     raise QueueStalled(sub.job_id)
             yield event
@@ -361,9 +368,9 @@ class ChatService:
         while True:
             remaining = deadline - time.time()
             if remaining <= 0:
-                self.router.jobs.cancel(job_id)
+                self.services.jobs.cancel(job_id)
                 raise GatewayTimeoutError("The request timed out before the model finished.")
-            batch = self.router.jobs.read(job_id, after, int(min(remaining, IDLE_SLICE) * 1000))
+            batch = self.services.jobs.read(job_id, after, int(min(remaining, IDLE_SLICE) * 1000))
             for event in batch:
                 after = event.id
                 yield event
@@ -371,12 +378,12 @@ class ChatService:
                     return
             if batch:
                 continue
-            if not owner or self.router.live.any_on_queue(queue):
+            if not owner or self.services.live.any_on_queue(queue):
                 orphaned_since = None
             elif orphaned_since is None:
                 orphaned_since = time.monotonic()
             elif time.monotonic() - orphaned_since > self.worker_wait:
-                self.router.jobs.cancel(job_id)
+                self.services.jobs.cancel(job_id)
                 raise ServiceUnavailableError(
                     f"The worker serving queue `{queue}` went away and none took over.",
                     code="no_worker_available",

@@ -60,7 +60,7 @@ def cancel_quietly(service: ChatService, job_id: str) -> None:
     """Cancel a job whose reader is going away; if Redis is what failed, the cancel may
     fail too, and the job then ends at its deadline."""
     with contextlib.suppress(redis.RedisError):
-        service.router.jobs.cancel(job_id)
+        service.services.jobs.cancel(job_id)
 
 
 def sse_data(body: Any) -> bytes:
@@ -112,9 +112,16 @@ class Resync:
 def chat_chunks(
     service: ChatService, started: Started, include_usage: bool, keepalive: float
 ) -> Iterator[bytes]:
-    """The whole OpenAI SSE response for a started completion."""
+    """The whole OpenAI SSE response for a started completion. The events are closed with
+    the response, so that a watcher of them (api/accounting.py) learns at once that its
+    reader stopped, when the client goes away mid-stream."""
     events = chain(started.head, started.rest)
-    return _chat_sse(service, started.sub, include_usage, keepalive, events)
+    try:
+        yield from _chat_sse(service, started.sub, include_usage, keepalive, events)
+    finally:
+        close = getattr(started.rest, "close", None)
+        if close is not None:
+            close()
 
 
 def token_delta(event: StreamEvent, resync: Resync) -> dict[str, Any]:

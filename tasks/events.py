@@ -1,9 +1,12 @@
 """Job stream events: how they are written as Redis Stream fields and read back.
 
 A stream holds, per attempt: optional `restart`, then `token`s with a `seq`, then one
-terminal event (`done`, `error` or `cancelled`). A token carries text (`delta`) and, when
-the backend sent them, tool-call fragments and logprobs as JSON. `Transcript` folds
-events into the answer so far, dropping a previous attempt's text when a `restart` arrives.
+terminal event (`done`, `error` or `cancelled`). Every terminal event may carry `usage`:
+`done` the backend's own count; `error` and `cancelled` what the attempt had used when it
+ended (workers.protocol.partial_usage), so a failed or cancelled completion is billed
+too. A token carries text (`delta`) and, when the backend sent them, tool-call fragments
+and logprobs as JSON. `Transcript` folds events into the answer so far, dropping a
+previous attempt's text when a `restart` arrives.
 """
 
 from __future__ import annotations
@@ -44,12 +47,29 @@ def done_fields(done: Done) -> dict[str, str]:
     }
 
 
-def error_fields(error: ErrorInfo) -> dict[str, str]:
-    return {"type": Event.ERROR.value, "error": orjson.dumps(error.to_dict()).decode()}
+def error_fields(error: ErrorInfo, usage: Usage | None = None) -> dict[str, str]:
+    """A failed end; `usage`, when the worker had begun, is what it had used by then."""
+    fields = {"type": Event.ERROR.value, "error": orjson.dumps(error.to_dict()).decode()}
+    return _with_usage(fields, usage)
 
 
-def cancelled_fields() -> dict[str, str]:
-    return {"type": Event.CANCELLED.value}
+def cancelled_fields(usage: Usage | None = None) -> dict[str, str]:
+    """A cancelled end; `usage` as for error_fields (none: cancelled before it began)."""
+    return _with_usage({"type": Event.CANCELLED.value}, usage)
+
+
+def _with_usage(fields: dict[str, str], usage: Usage | None) -> dict[str, str]:
+    if usage is not None:
+        fields["usage"] = orjson.dumps(usage.to_dict()).decode()
+    return fields
+
+
+def _usage(fields: dict[str, str]) -> Usage | None:
+    raw = fields.get("usage")
+    if not raw:
+        return None
+    u = orjson.loads(raw)
+    return Usage(u["prompt_tokens"], u["completion_tokens"])
 
 
 @dataclass(frozen=True)
@@ -82,12 +102,11 @@ class StreamEvent:
         if kind is Event.RESTART:
             return cls(entry_id, kind, attempt=int(fields.get("attempt", 0)))
         if kind is Event.DONE:
-            u = orjson.loads(fields["usage"])
-            usage = Usage(u["prompt_tokens"], u["completion_tokens"])
-            return cls(entry_id, kind, finish_reason=fields["finish_reason"], usage=usage)
+            return cls(entry_id, kind, finish_reason=fields["finish_reason"], usage=_usage(fields))
         if kind is Event.ERROR:
-            return cls(entry_id, kind, error=ErrorInfo.from_dict(orjson.loads(fields["error"])))
-        return cls(entry_id, kind)
+            error = ErrorInfo.from_dict(orjson.loads(fields["error"]))
+            return cls(entry_id, kind, error=error, usage=_usage(fields))
+        return cls(entry_id, kind, usage=_usage(fields))
 
     def payload(self) -> dict[str, object]:
         """The event as the jobs SSE endpoint and the WebSocket send it."""

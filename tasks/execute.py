@@ -19,15 +19,16 @@ from collections.abc import Iterator
 import redis
 from celery import current_task
 
+from core.kinds import kind_info
+from core.logs import set_request_id
 from tasks import keys
 from tasks.events import cancelled_fields, done_fields, error_fields, token_fields
 from tasks.jobs import Claim
 from tasks.keys import TASK_NAME, JobStatus
-from tasks.metrics import set_request_id
 from tasks.runtime import WorkerRuntime
 from tasks.stopper import JobStopped
 from workers.errors import GatewayTimeoutError, RouterError
-from workers.protocol import ChatJob, Chunk, Done, ErrorInfo
+from workers.protocol import ChatJob, Chunk, Done, ErrorInfo, Usage, partial_usage
 from workers.providers import queue_kind
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,14 @@ class JobWriter:
         self._finish(JobStatus.SUCCEEDED, done_fields(done))
 
     def fail(self, error: ErrorInfo) -> None:
-        self._finish(JobStatus.FAILED, error_fields(error))
+        self._finish(JobStatus.FAILED, error_fields(error, self.used()))
 
     def cancelled(self) -> None:
-        self._finish(JobStatus.CANCELLED, cancelled_fields())
+        self._finish(JobStatus.CANCELLED, cancelled_fields(self.used()))
+
+    def used(self) -> Usage:
+        """What this attempt has used so far (it ended without the backend's own count)."""
+        return partial_usage(self.job, self.seq)
 
     def _finish(self, status: JobStatus, fields: dict[str, str]) -> None:
         finish(self.rt, self.job.id, self.attempt, status, fields)
@@ -190,7 +195,8 @@ def refused(rt: WorkerRuntime, job: ChatJob, queue: str) -> str | None:
     kind = rt.served[queue] if rt.served is not None else queue_kind(queue, rt.env)
     if job.kind != kind:
         return f"a job of kind `{job.kind}` came on queue `{queue}`, which serves kind `{kind}`"
-    if kind != "local" and job.backend != queue:
+    info = kind_info(kind)
+    if (info is None or info.own_queue) and job.backend != queue:
         return (
             f"a job for backend `{job.backend}` came on queue `{queue}`; a provider backend "
             "is served on the queue named after it"

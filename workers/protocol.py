@@ -116,6 +116,36 @@ class Usage:
         }
 
 
+#: Characters per token for an estimate without a tokenizer (English text, BPE vocabularies).
+CHARS_PER_TOKEN = 4
+#: Tokens a chat template adds around each message (role markers, separators).
+TOKENS_PER_MESSAGE = 4
+
+
+def prompt_token_estimate(messages: list[dict[str, Any]]) -> int:
+    """The prompt's tokens, estimated from its text without a tokenizer: its characters /
+    CHARS_PER_TOKEN plus TOKENS_PER_MESSAGE a message (text parts only; an image's cost is
+    the backend's to say)."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(p.get("text") or "")) for p in content if isinstance(p, dict))
+    return -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+def partial_usage(job: ChatJob, streamed: int) -> Usage:
+    """What an attempt that ended without the backend's count (it failed or was cancelled)
+    had used, after `streamed` token chunks: nothing before the first (no answer began; an
+    upstream that refused bills nothing), else the prompt, estimated, and one completion
+    token a chunk."""
+    if streamed == 0:
+        return Usage(0, 0)
+    return Usage(prompt_token_estimate(job.messages), streamed)
+
+
 @dataclass(frozen=True)
 class Done:
     """The end of a successful generation: why it stopped and what it cost."""

@@ -7,10 +7,11 @@ import time
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
-from api.extension import router
+from api.accounting import begin
 from api.http import chat_service, json_body, json_response, route_headers
 from api.identifiers import event_id, event_order, job_id_of
 from api.schemas import completion_body, parse_chat_request
+from api.services import services
 from api.serving import completion_id
 from api.streaming import job_sse
 from tasks.events import Transcript
@@ -58,7 +59,7 @@ def job_body(rec: JobRecord, transcript: Transcript) -> dict[str, object]:
 
 
 def _snapshot(raw_id: str) -> tuple[JobRecord, Transcript]:
-    snap = router().jobs.snapshot(job_id_of(raw_id))
+    snap = services().jobs.snapshot(job_id_of(raw_id))
     if snap is None:
         raise NotFoundError(f"No job with id `{raw_id}`.", param="job_id", code="job_not_found")
     return snap
@@ -66,14 +67,19 @@ def _snapshot(raw_id: str) -> tuple[JobRecord, Transcript]:
 
 @bp.post("")
 def create_job() -> Response:
-    """Queue a chat completion and answer at once with 202 and the job to poll."""
+    """Queue a chat completion and answer at once with 202 and the job to poll. The
+    completion is recorded once, when the job ends, whether or not anyone reads it (this
+    API process follows it: api/accounting.py); a replay of an Idempotency-Key is not."""
     raw = json_body()
     req = parse_chat_request(raw)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 255:
         raise InvalidRequestError("Idempotency-Key is longer than 255 characters.")
+    service = chat_service()
+    completion = begin(service, req.model)
     try:
-        sub = chat_service().submit(
+        sub = completion.submit(
+            service,
             req,
             idempotency_key=key,
             digest=body_digest(request.get_data()),
@@ -85,6 +91,7 @@ def create_job() -> Response:
             param="Idempotency-Key",
             code="idempotency_key_reused",
         ) from None
+    completion.follow()
     rec, transcript = _snapshot(sub.job_id)
     headers = {**route_headers(sub), "Location": f"/v1/jobs/{sub.job_id}"}
     if sub.replayed:
@@ -102,7 +109,7 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel: a queued job ends at once; a running one stops at its next token."""
     jid = job_id_of(job_id)
-    status = router().jobs.cancel(jid)
+    status = services().jobs.cancel(jid)
     if status is None:
         raise NotFoundError(f"No job with id `{job_id}`.", param="job_id", code="job_not_found")
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):

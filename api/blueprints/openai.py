@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
-from api.extension import router
+from api.accounting import begin
 from api.http import chat_service, json_body, json_response, request_client, route_headers
-from api.metrics import CompletionObserver
 from api.schemas import model_body, parse_chat_request
+from api.services import services
 from api.streaming import chat_chunks
 from registry.queries import ModelRoute
 from workers.errors import ModelNotFoundError
@@ -22,11 +22,11 @@ def chat_completions() -> Response:
     """Create a chat completion; with `stream: true`, as server-sent events."""
     req = parse_chat_request(json_body())
     service = chat_service()
-    observer = CompletionObserver.begin(service, req.model)
+    completion = begin(service, req.model)  # recorded once, however it ends: api/accounting.py
     client = request_client(service)
     streaming = False
     try:
-        started = observer.start(service, req, headers=request.headers.items(), client=client)
+        started = completion.start(service, req, headers=request.headers.items(), client=client)
         headers = route_headers(started.sub)
         if not req.stream:
             return json_response(service.complete(started), headers=headers)
@@ -49,7 +49,7 @@ def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
     return model_body(
         route.id,
         route.created,
-        route.backend,
+        route.primary.backend,
         available=live.get(route.id, 0) > 0,
         context_window=route.context_window,
         max_tokens=route.max_tokens,
@@ -60,17 +60,17 @@ def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
 @bp.get("/models")
 def list_models() -> Response:
     """Enabled registry models; `available` says whether a live worker serves each one."""
-    routes = router().registry.get().models()
-    live = router().live.counts(routes)
+    routes = services().registry.get().models()
+    live = services().live.counts(routes)
     return json_response({"object": "list", "data": [_model(r, live) for r in routes]})
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
-    route = router().registry.get().resolve(model_id)
+    route = services().registry.get().resolve(model_id)
     if route is None or not route.enabled:
         raise ModelNotFoundError(
             f"The model `{model_id}` does not exist or you do not have access to it.",
             param="model",
         )
-    return json_response(_model(route, router().live.counts([route])))
+    return json_response(_model(route, services().live.counts([route])))

@@ -23,11 +23,11 @@ from flask import Blueprint, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from api.extension import router
+from api.accounting import Completion, begin, failure_status
 from api.http import chat_service, request_client
 from api.identifiers import event_id, event_order, job_id_of
-from api.metrics import CompletionObserver
 from api.schemas import parse_chat_request
+from api.services import services
 from api.serving import ChatService
 from api.streaming import cancel_quietly, stream_failure
 from workers.errors import ConflictError, InvalidRequestError, NotFoundError, RouterError
@@ -83,7 +83,7 @@ def _read_client(ws: Any, job_id: str, owner: bool) -> None:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue
         if isinstance(body, dict) and body.get("type") == "cancel":
-            router().jobs.cancel(job_id)
+            services().jobs.cancel(job_id)
         else:
             _send_error(ws, _busy(owner))
 
@@ -96,16 +96,18 @@ def pump(
     deadline: float,
     after: str,
     owner: bool = False,
-    observer: CompletionObserver | None = None,
+    completion: Completion | None = None,
 ) -> None:
     """Forward a job's events to the socket until its terminal event, or one error message
     if reading it fails; honour client cancels. The `owner` (the socket that created the
-    job) cancels it if it goes away, or the stream fails, before the job ends."""
+    job) cancels it if it goes away, or the stream fails, before the job ends. Its
+    `completion` watches the events, and learns at once when the socket stops reading
+    before the end (api/accounting.py then follows the job for its record)."""
     ended = False
+    events = service.events(job_id, queue, deadline, after, owner=owner)
+    if completion is not None:
+        events = completion.events(events)
     try:
-        events = service.events(job_id, queue, deadline, after, owner=owner)
-        if observer is not None:
-            events = observer.events(events)
         for event in events:
             _read_client(ws, job_id, owner)
             if event is None:
@@ -123,6 +125,9 @@ def pump(
     finally:
         if owner and not ended:
             cancel_quietly(service, job_id)
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # now, rather than whenever this frame is collected
 
 
 @sock.route("/v1/jobs/<job_id>/ws", bp=bp)
@@ -132,7 +137,7 @@ def job_socket(ws: Any, job_id: str) -> None:
     try:
         jid = job_id_of(job_id)
         event_id(after, param="last_event_id")
-        snap = router().jobs.snapshot(jid)
+        snap = services().jobs.snapshot(jid)
         if snap is None:
             raise NotFoundError(f"No job with id `{job_id}`.", param="job_id", code="job_not_found")
     except (RouterError, redis.RedisError) as exc:
@@ -156,24 +161,23 @@ def chat_socket(ws: Any) -> None:
         if raw is None:  # idle: nothing sent for WS_IDLE_TIMEOUT seconds
             ws.close(reason=IDLE_CLOSE, message=f"No request for {idle:g} s.")
             return
-        observer: CompletionObserver | None = None
+        completion: Completion | None = None
         try:
             body = orjson.loads(raw)
             if isinstance(body, dict) and body.get("type") == "cancel":
                 continue  # nothing running between requests
             req = parse_chat_request(body)
-            observer = CompletionObserver.begin(service, req.model)
+            completion = begin(service, req.model)  # recorded once: api/accounting.py
             client = request_client(service, watch=False)  # the socket's end cancels it
-            sub = service.submit(req, headers=request.headers.items(), client=client)
+            sub = completion.submit(service, req, headers=request.headers.items(), client=client)
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue
         except (RouterError, redis.RedisError) as exc:
-            error = stream_failure(exc)
-            if observer is not None:
-                observer.finish(str(error.status_code))
-            _send_error(ws, error)
+            if completion is not None:
+                completion.finish(failure_status(exc))  # unless submit recorded it already
+            _send_error(ws, stream_failure(exc))
             continue
-        _send(ws, {"type": "job", "id": sub.job_id, "model": sub.route.id, "backend": sub.backend})
-        observer.submitted(sub)
-        pump(ws, service, sub.job_id, sub.queue, sub.deadline, "0-0", True, observer)
+        backend = sub.deployment.backend
+        _send(ws, {"type": "job", "id": sub.job_id, "model": sub.route.id, "backend": backend})
+        pump(ws, service, sub.job_id, sub.deployment.queue, sub.deadline, "0-0", True, completion)

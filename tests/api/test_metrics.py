@@ -1,13 +1,12 @@
 """`/metrics`: completion counters and histograms parsed back with prometheus' own parser,
-multiprocess mode summing real processes, scrape-time gauges from the session's real Redis,
-and the observer that turns a job's events into one recorded completion."""
+multiprocess mode summing real processes, and scrape-time gauges from the session's real
+Redis. What records a completion is tested in test_accounting.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from api import metrics as api_metrics
 from api.blueprints import metrics as metrics_bp
-from api.metrics import CompletionObserver, record_completion, render
-from api.serving import Started, Submitted
+from api.metrics import record_completion, render
 from registry.crud import add_backend
-from registry.queries import ModelRoute
-from registry.requestlog import LogEntry
 from tasks import keys
-from tasks.events import StreamEvent
-from tasks.keys import Event
 from tasks.liveness import Liveness
 from tasks.metrics import read_cluster
-from workers.errors import ConflictError, GatewayTimeoutError, ModelNotFoundError
-from workers.protocol import ErrorInfo, Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +132,7 @@ def busy_backend(app, stack) -> Iterator[tuple[str, str]]:  # type: ignore[no-un
     """A registry backend whose queue has 3 jobs waiting, with one live worker and its circuit
     open; a second backend idle. Its Redis keys are removed afterwards."""
     name, queue, idle = unique("bk"), unique("q"), unique("idle")
-    engine = app.extensions["router"].engine
+    engine = app.extensions["services"].engine
     add_backend(engine, name, "local", queue)
     add_backend(engine, idle, "local", idle)
     client = stack.redis()
@@ -230,153 +222,3 @@ def test_metrics_answer_with_redis_down(tmp_path: Path) -> None:
     text = resp.get_data(as_text=True)
     assert value(text, "router_redis_up") == 0
     assert value(text, "router_queue_depth", queue="local-mps") is None
-
-
-# -- CompletionObserver -------------------------------------------------------------------
-
-
-class Sink:
-    def __init__(self, fail: bool = False) -> None:
-        self.entries: list[LogEntry] = []
-        self.fail = fail
-
-    def submit(self, entry: LogEntry) -> bool:
-        if self.fail:
-            raise RuntimeError("sink broken")
-        self.entries.append(entry)
-        return True
-
-
-def route(model_id: str, input_price: float = 1.0, output_price: float = 2.0) -> ModelRoute:
-    return ModelRoute(
-        id=model_id,
-        backend="bk",
-        kind="local",
-        queue="q",
-        upstream=model_id,
-        context_window=1000,
-        max_tokens=100,
-        input_price=input_price,
-        output_price=output_price,
-        aliases=(),
-        base_url=None,
-        api_key_env=None,
-        enabled=True,
-        created=0,
-    )
-
-
-def submitted(model_id: str, backend: str = "bk") -> Submitted:
-    job = f"job_{uuid.uuid4().hex[:24]}"
-    return Submitted(
-        job, route(model_id), int(time.time()), time.time() + 60, backend=backend, queue="q"
-    )
-
-
-def token(seq: int) -> StreamEvent:
-    return StreamEvent(f"1-{seq}", Event.TOKEN, seq=seq, delta="x")
-
-
-def done(prompt: int, completion: int) -> StreamEvent:
-    return StreamEvent("2-0", Event.DONE, finish_reason="stop", usage=Usage(prompt, completion))
-
-
-@pytest.mark.usefixtures("default_mode")
-def test_observer_records_a_finished_completion_once() -> None:
-    asked, sink = unique("asked"), Sink()
-    obs = CompletionObserver(asked, request_id="req-1", sink=sink)
-    sub = submitted("answering-model", backend="bk2")
-    obs.submitted(sub)
-    time.sleep(0.02)
-    events = [None, token(0), token(1), done(1000, 500)]
-    assert list(obs.events(events)) == events
-    obs.finish("500")  # too late: already recorded
-    [entry] = sink.entries
-    assert (entry.status, entry.model, entry.backend, entry.job_id) == (
-        "200",
-        asked,
-        "bk2",
-        sub.job_id,
-    )
-    assert (entry.prompt_tokens, entry.completion_tokens) == (1000, 500)
-    assert entry.cost_usd == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
-    assert entry.fallback == "answering-model" and entry.request_id == "req-1"
-    assert entry.ttft_ms is not None and 20 <= entry.ttft_ms <= entry.latency_ms
-    text = render(None, None)[0]
-    assert value(text, "router_requests_total", model=asked, backend="bk2", status="200") == 1
-    assert value(text, "router_fallbacks_total", model=asked, fallback="answering-model") == 1
-    assert value(text, "router_completion_tokens_total", model=asked) == 500
-
-
-def test_observer_reader_gone_is_499() -> None:
-    sink = Sink()
-    obs = CompletionObserver("m", sink=sink)
-    obs.submitted(submitted("m"))
-    stream = obs.events(iter([token(0), token(1), done(1, 2)]))
-    next(stream)
-    stream.close()  # the client went away after one token
-    [entry] = sink.entries
-    assert entry.status == "499" and entry.fallback is None and entry.cost_usd == 0
-
-
-def test_observer_error_event_and_raised_error_keep_their_status() -> None:
-    sink = Sink()
-    failing = CompletionObserver("m", sink=sink)
-    failing.submitted(submitted("m"))
-    error = StreamEvent("1-0", Event.ERROR, error=ErrorInfo("upstream", status=502))
-    list(failing.events([error]))
-
-    def timing_out() -> Iterator[StreamEvent | None]:
-        yield token(0)
-        raise GatewayTimeoutError("too slow")
-
-    slow = CompletionObserver("m", sink=sink)
-    slow.submitted(submitted("m"))
-    with pytest.raises(GatewayTimeoutError):
-        list(slow.events(timing_out()))
-    assert [e.status for e in sink.entries] == ["502", "504"]
-    assert sink.entries[1].ttft_ms is not None
-
-
-class Service:
-    """ChatService.start's contract: a Started, or a RouterError before the first token."""
-
-    def __init__(self, result: Started | Exception) -> None:
-        self.result = result
-
-    def start(self, req: Any, headers: Any = None, client: Any = None) -> Started:
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
-def test_observer_start_records_failures_before_a_job() -> None:
-    sink = Sink()
-    obs = CompletionObserver("unknown", sink=sink)
-    with pytest.raises(ModelNotFoundError):
-        obs.start(Service(ModelNotFoundError("no such model")), req=None)  # type: ignore[arg-type]
-    [entry] = sink.entries
-    assert (entry.status, entry.backend, entry.job_id, entry.ttft_ms) == ("404", "none", None, None)
-    gone = CompletionObserver("m", sink=sink)  # the client hung up before its first token
-    with pytest.raises(ConflictError):
-        gone.start(Service(ConflictError("cancelled", code="job_cancelled")), req=None)  # type: ignore[arg-type]
-    assert sink.entries[-1].status == "499"
-
-
-def test_observer_start_watches_head_and_rest() -> None:
-    sink = Sink()
-    sub = submitted("m")
-    service = Service(Started(sub, [token(0)], iter([token(1), None, done(3, 2)])))
-    obs = CompletionObserver("m", sink=sink)
-    started = obs.start(service, req=None)  # type: ignore[arg-type]
-    assert obs.ttft is not None and not sink.entries  # first token seen, not finished yet
-    assert [e.type for e in started.rest if e is not None] == [Event.TOKEN, Event.DONE]
-    [entry] = sink.entries
-    assert (entry.status, entry.prompt_tokens, entry.completion_tokens) == ("200", 3, 2)
-    assert entry.cost_usd == pytest.approx((3 * 1.0 + 2 * 2.0) / 1e6)
-
-
-def test_observer_never_fails_the_request() -> None:
-    obs = CompletionObserver("m", sink=Sink(fail=True))
-    obs.submitted(submitted("m"))
-    assert len(list(obs.events([token(0), done(1, 1)]))) == 2  # the sink's error is logged

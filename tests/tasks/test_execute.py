@@ -9,14 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
+import tasks.runtime
+from core.settings import Settings
 from tasks.events import Transcript
 from tasks.execute import run_job
 from tasks.jobs import JobStore
 from tasks.keys import Event, JobStatus
 from tasks.runtime import WorkerRuntime
-from tasks.settings import Settings
-from workers import base
-from workers.errors import InvalidRequestError
+from workers.errors import InvalidRequestError, RouterError
 from workers.protocol import ChatJob, Chunk, Done, Usage
 
 #: The test queues serve the scripted backends (an operator-added queue's kind).
@@ -49,7 +49,7 @@ def rt(stack, r, monkeypatch) -> WorkerRuntime:  # type: ignore[no-untyped-def]
 
 
 def use_backend(monkeypatch, backend: Scripted) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setitem(base.FACTORIES, "scripted", lambda env: backend)
+    monkeypatch.setattr(tasks.runtime, "create_backend", lambda kind, env, *_: backend)
 
 
 def submit(rt: WorkerRuntime, make_job, queue: str = "q", **changes) -> str:  # type: ignore[no-untyped-def]
@@ -193,3 +193,39 @@ def test_a_job_silent_before_its_first_token_is_stopped(rt, make_job, monkeypatc
     assert status is JobStatus.CANCELLED and tr.final and tr.final.type is Event.CANCELLED
     assert backend.cancelled[job.id].is_set() and job.id not in rt.running
     rt.stop()
+
+
+def test_a_failed_end_carries_what_was_used(rt, make_job, monkeypatch) -> None:
+    """Billing reads the terminal event: a completion that fails after streaming, or is
+    cancelled mid-stream, reports its streamed tokens and its prompt (estimated)."""
+    use_backend(monkeypatch, Scripted(["a", "b", "c"], fail=RouterError("boom")))
+    job_id = submit(rt, make_job)
+    run_job(rt, job_id, 1)
+    status, tr = outcome(rt.jobs, job_id)
+    assert status is JobStatus.FAILED and tr.final and tr.final.usage
+    assert tr.final.usage.completion_tokens == 3 and tr.final.usage.prompt_tokens > 0
+
+
+def test_a_cancelled_end_carries_what_was_used(rt, make_job, monkeypatch) -> None:
+    backend = Scripted([f"t{i} " for i in range(200)], delay=0.01)
+    use_backend(monkeypatch, backend)
+    job_id = submit(rt, make_job)
+    runner = threading.Thread(target=run_job, args=(rt, job_id, 1))
+    runner.start()
+    while len(rt.jobs.snapshot(job_id)[1].parts) < 5:  # type: ignore[index]
+        time.sleep(0.01)
+    rt.jobs.cancel(job_id)
+    runner.join(timeout=5)
+    status, tr = outcome(rt.jobs, job_id)
+    assert status is JobStatus.CANCELLED, tr.final
+    assert tr.final and tr.final.usage
+    assert tr.final.usage.completion_tokens == len(tr.parts) >= 5
+
+
+def test_an_end_before_any_token_used_nothing(rt, make_job, monkeypatch) -> None:
+    use_backend(monkeypatch, Scripted([], fail=RouterError("refused upstream")))
+    job_id = submit(rt, make_job)
+    run_job(rt, job_id, 1)
+    status, tr = outcome(rt.jobs, job_id)
+    assert status is JobStatus.FAILED and tr.final and tr.final.usage
+    assert tr.final.usage.total_tokens == 0
