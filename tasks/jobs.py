@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -17,6 +18,7 @@ from typing import Any, cast
 import orjson
 import redis
 
+from core.settings import DEFAULTS
 from tasks import keys
 from tasks.events import StreamEvent, Transcript
 from tasks.keys import JobStatus
@@ -67,11 +69,23 @@ class JobRecord:
         )
 
 
+class ClaimOutcome(StrEnum):
+    """What claim.lua answered: run the job (OK), or why a delivery is dropped."""
+
+    OK = "ok"
+    MISSING = "missing"  # expired, or never existed
+    FINISHED = "finished"  # already succeeded, failed or cancelled
+    STALE = "stale"  # a newer attempt exists
+    DUPLICATE = "duplicate"  # this attempt is already running
+    CANCELLED = "cancelled"  # cancel requested while it was queued
+    ORPHANED = "orphaned"  # the API process waiting for it is gone
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of a worker's claim: `job` is set only when it should run."""
 
-    outcome: str
+    outcome: ClaimOutcome
     job: ChatJob | None = None
     token_base: int = 0
 
@@ -96,7 +110,11 @@ class JobStore:
     """Jobs in Redis, for the API (create, cancel, read) and the worker (claim, finish)."""
 
     def __init__(
-        self, client: redis.Redis, *, job_ttl: int = 3600, idempotency_ttl: int = 86400
+        self,
+        client: redis.Redis,
+        *,
+        job_ttl: int = DEFAULTS.job_ttl,
+        idempotency_ttl: int = DEFAULTS.idempotency_ttl,
     ) -> None:
         self.redis = client
         self.job_ttl = job_ttl
@@ -214,6 +232,7 @@ class JobStore:
             ],
             args=[str(attempt), worker_id, self.job_ttl, job_id, keys.PREFIX],
         )
-        if res[0] != "ok":
-            return Claim(str(res[0]))
-        return Claim("ok", ChatJob.from_dict(orjson.loads(res[1])), int(res[2]))
+        outcome = ClaimOutcome(res[0])
+        if outcome is not ClaimOutcome.OK:
+            return Claim(outcome)
+        return Claim(outcome, ChatJob.from_dict(orjson.loads(res[1])), int(res[2]))

@@ -14,6 +14,9 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:queue:{q}:queued       zset    job id -> when it was (re)queued, while queued: the
                                           queue's backlog (jobs accepted, not yet started)
     router:apis                   zset    API process id -> alive until (Redis server time)
+    router:accounting:{api}       hash    job id -> what the completion's record needs, while
+                                          that API process owes it (api/ledger.py)
+    router:accounting:apis        set     API processes holding a ledger
     router:backend:{b}:circuit    hash    circuit breaker: state, failures, opened_at
     router:backend:{b}:probe      string  the one half-open probe in flight (expires)
     router:backend:{b}:outcomes   list    recent jobs, newest first: "ts:ttft_ms:total_ms:ok"
@@ -23,14 +26,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from workers.providers import provider_table
+
 PREFIX = "router"
 
 #: Celery queue of the embedded local worker (a Mac runs `celery -A tasks worker -Q local-mps`).
 LOCAL_QUEUE = "local-mps"
-#: Provider queues; workers that consume only these use the gevent pool.
-PROVIDER_QUEUES = frozenset(
-    {"openai", "openrouter", "grok", "venice", "anthropic", "google", "llm-d"}
-)
+#: Provider queues: one per backend listed in workers/providers.json, named after it.
+PROVIDER_QUEUES = frozenset(provider_table())
 
 KNOWN_QUEUES = PROVIDER_QUEUES | {LOCAL_QUEUE}
 
@@ -45,6 +48,7 @@ def task_name(queue: str) -> str:
 
 WORKERS = f"{PREFIX}:workers"
 APIS = f"{PREFIX}:apis"
+LEDGER_OWNERS = f"{PREFIX}:accounting:apis"
 REAPER_LOCK = f"{PREFIX}:reaper"
 
 
@@ -74,12 +78,19 @@ def queue_workers_key(queue: str) -> str:
 
 def queued_key(queue: str) -> str:
     """The queue's backlog: jobs accepted and not yet started, by when they were queued.
-    The Lua scripts build the same name from PREFIX (tests/tasks/test_jobs.py ties them)."""
+    The Lua scripts build the same name from PREFIX (tests/tasks/test_lua_keys.py ties
+    every name a script builds to this module)."""
     return f"{PREFIX}:queue:{queue}:queued"
 
 
 def model_workers_key(queue: str, model: str) -> str:
     return f"{PREFIX}:queue:{queue}:model:{model}:workers"
+
+
+def ledger_key(api: str) -> str:
+    """The accounting ledger of API process `api` (its presence id): the completions it
+    still owes a record (api/ledger.py)."""
+    return f"{PREFIX}:accounting:{api}"
 
 
 def circuit_key(backend: str) -> str:

@@ -24,6 +24,7 @@ import redis
 
 from tasks import keys
 from tasks.jobs import lua
+from tasks.threads import ThreadDeath, run_guarded
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class EventPublisher:
         client: redis.Redis,
         *,
         max_batch: int = 512,
-        on_death: Callable[[str, BaseException], None] | None = None,
+        on_death: ThreadDeath | None = None,
     ) -> None:
         self.redis = client
         self.max_batch = max_batch
@@ -104,12 +105,7 @@ class EventPublisher:
         self._queue.put(op)
 
     def _run(self) -> None:
-        try:
-            self._publish_forever()
-        except Exception as exc:  # a bug or data we cannot read: tell the owner, or die loudly
-            if self.on_death is None:
-                raise
-            self.on_death("event-publisher", exc)
+        run_guarded("event-publisher", self._publish_forever, self.on_death)
 
     def _publish_forever(self) -> None:
         while True:

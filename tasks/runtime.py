@@ -25,13 +25,14 @@ from typing import NoReturn
 import orjson
 import redis
 
+from core.settings import Settings
 from tasks.connections import redis_client
 from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness, Requeued
 from tasks.publisher import EventPublisher
-from tasks.settings import Settings
 from tasks.stopper import RunningJobs, Stopper
+from tasks.threads import ThreadDeath, run_guarded
 from workers.base import Backend, create_backend
 from workers.providers import queue_kind
 
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_REASON = 500  # characters of a start-up failure announced in the heartbeat
 EXIT_THREAD_DIED = 70  # EX_SOFTWARE: the exit status of a worker whose thread died
-
-#: Told the name of a background thread that died and why (the default ends the process).
-ThreadDeath = Callable[[str, BaseException], None]
 
 
 def exit_now(status: int) -> NoReturn:
@@ -81,9 +79,12 @@ class WorkerRuntime:
         self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl)
         self.publisher = EventPublisher(self.redis, on_death=self.on_death)
         self.liveness = Liveness(self.redis)
-        self.health = BackendHealth(self.redis, BreakerPolicy.from_env(env))
+        self.health = BackendHealth(self.redis, BreakerPolicy.from_settings(settings))
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.running = RunningJobs()
+        # jobs the worker runs at once, once it has started (`prepare`): the local backend
+        # sizes its batch by it
+        self.concurrency: int | None = None
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
@@ -99,14 +100,16 @@ class WorkerRuntime:
         """The backend for `kind`, created once per process."""
         with self._lock:
             if kind not in self._backends:
-                self._backends[kind] = create_backend(kind, self.env)
+                self._backends[kind] = create_backend(kind, self.env, self.concurrency)
             return self._backends[kind]
 
-    def prepare(self, queues: list[str]) -> dict[str, str]:
+    def prepare(self, queues: list[str], concurrency: int | None = None) -> dict[str, str]:
         """Build the backend behind each of `queues` now (a local model is loaded here), so
-        that a broken install or configuration shows at start, not on the first request.
-        Returns {queue: reason} for the queues whose backend could not be built; the
-        worker serves the others and announces these as failed."""
+        that a broken install or configuration shows at start, not on the first request;
+        `concurrency` is the jobs the worker runs at once. Returns {queue: reason} for the
+        queues whose backend could not be built; the worker serves the others and announces
+        these as failed."""
+        self.concurrency = concurrency
         self.served = {queue: queue_kind(queue, self.env) for queue in queues}
         by_kind: dict[str, list[str]] = {}
         for queue, kind in self.served.items():
@@ -219,10 +222,7 @@ class Heartbeat(threading.Thread):
             self.requeue(job)
 
     def run(self) -> None:
-        try:
-            self._beat_until_stopped()
-        except Exception as exc:  # noqa: BLE001 - a bug, unreadable data: the worker must end
-            self.rt.on_death(self.name, exc)
+        run_guarded(self.name, self._beat_until_stopped, self.rt.on_death)
 
     def _beat_until_stopped(self) -> None:
         while not self._stopped.wait(self.rt.settings.heartbeat_interval):
@@ -254,5 +254,5 @@ def runtime() -> WorkerRuntime:
     if _runtime is None:
         with _runtime_lock:
             if _runtime is None:
-                _runtime = WorkerRuntime(Settings.from_env(os.environ), os.environ)
+                _runtime = WorkerRuntime(Settings.load(os.environ), os.environ)
     return _runtime

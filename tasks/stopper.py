@@ -25,6 +25,8 @@ from typing import Any
 
 import redis
 
+from tasks.threads import ThreadDeath, run_guarded
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25  # seconds between looks at which running jobs must stop
@@ -101,7 +103,7 @@ class Stopper(threading.Thread):
         find: Callable[[list[str]], list[str]],
         stop: Callable[[str], None],
         interval: float = POLL_INTERVAL,
-        on_death: Callable[[str, BaseException], None] | None = None,
+        on_death: ThreadDeath | None = None,
     ) -> None:
         super().__init__(name="job-stopper", daemon=True)
         self.running, self.find, self.stop_job, self.interval = running, find, stop, interval
@@ -109,12 +111,7 @@ class Stopper(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        try:
-            self._stop_until_stopped()
-        except Exception as exc:  # a bug or data we cannot read: tell the owner, or die loudly
-            if self.on_death is None:
-                raise
-            self.on_death(self.name, exc)
+        run_guarded(self.name, self._stop_until_stopped, self.on_death)
 
     def _stop_until_stopped(self) -> None:
         while not self._stopped.wait(self.interval):

@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
+import tasks.runtime
+from core.settings import Settings
 from tasks import keys
 from tasks.execute import run_job
 from tasks.keys import Event, JobStatus
 from tasks.runtime import WorkerRuntime
-from tasks.settings import Settings
 from tests.fakes.openai_api import OpenAIFake, start_openai_fake
 from tests.fakes.server import Reply
-from workers import base
 from workers.errors import InvalidRequestError, RouterError
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.upstream import status_error
@@ -61,13 +61,13 @@ class Silent:
 @pytest.fixture
 def rt(stack, r) -> Iterator[WorkerRuntime]:  # type: ignore[no-untyped-def]
     url = stack.redis_url.rsplit("/", 1)[0] + "/5"
-    runtime = WorkerRuntime(Settings(redis_url=url, job_ttl=60), ENV)
+    runtime = WorkerRuntime(Settings.load(ENV, {"REDIS_URL": url, "JOB_TTL": 60}), ENV)
     yield runtime
     runtime.stop()
 
 
 def use(monkeypatch: pytest.MonkeyPatch, backend: Any) -> None:
-    monkeypatch.setitem(base.FACTORIES, "scripted", lambda env: backend)
+    monkeypatch.setattr(tasks.runtime, "create_backend", lambda kind, env, *_: backend)
 
 
 def submit(rt: WorkerRuntime, make_job: Callable[..., ChatJob], queue: str = "q", **kw: Any) -> str:

@@ -328,3 +328,13 @@ def test_every_job_key_expires_whatever_happened_to_the_job(r, make_job) -> None
     found = list(r.scan_iter("router:job:*"))
     assert len(found) == 10  # five hashes, five streams
     assert {k: r.ttl(k) for k in found if r.ttl(k) <= 0} == {}
+
+
+def test_every_answer_of_claim_lua_is_a_claim_outcome() -> None:
+    import re
+
+    from tasks.jobs import ClaimOutcome, lua
+
+    said = set(re.findall(r"return \{'(\w+)'|reason = '(\w+)'", lua("claim")))
+    answers = {a or b for a, b in said}
+    assert answers == {o.value for o in ClaimOutcome}
