@@ -200,6 +200,11 @@ def http(api_url: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def app(stack: Stack, worker: Worker):  # type: ignore[no-untyped-def]
+    """An in-process app on the session's Redis and registry, in front of the local worker."""
+    return stack_app(stack)
+
+
+def stack_app(stack: Stack):  # type: ignore[no-untyped-def]
     """An in-process app on the session's Redis and registry, with a 1 s worker wait."""
     from api import create_app
 
@@ -220,7 +225,8 @@ def client(app):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def engine(stack: Stack):  # type: ignore[no-untyped-def]
+def registry_db(stack: Stack):  # type: ignore[no-untyped-def]
+    """The session stack's registry database (an SQLAlchemy engine)."""
     from registry.db import make_engine
 
     return make_engine(stack.db_url)

@@ -8,9 +8,17 @@ import pytest
 
 from api.schemas import parse_chat_request
 from registry.crud import add_backend, add_model
+from tests.conftest import stack_app
 
 JSON = "application/json"
 GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+@pytest.fixture
+def app(stack):  # type: ignore[no-untyped-def]
+    """The app without the session's model worker: a bad request never reaches one, so
+    these tests do not wait for the model to load (those that need it ask for `worker`)."""
+    return stack_app(stack)
 
 
 def error_of(resp, status: int) -> dict:
@@ -64,11 +72,11 @@ def test_invalid_fields_are_400_with_param(client, patch: dict, param: str) -> N
 
 
 @pytest.fixture(scope="module")
-def unserved(engine) -> str:
+def unserved(registry_db) -> str:
     """A model on an OpenAI-compatible backend no worker serves: a request that got past
     validation would wait for a worker and get 503, so a 400 proves it was refused first."""
-    add_backend(engine, "boundary-nowhere", "openai-compatible", queue="boundary-nowhere")
-    add_model(engine, "boundary-model", "boundary-nowhere", upstream="x")
+    add_backend(registry_db, "boundary-nowhere", "openai-compatible", queue="boundary-nowhere")
+    add_model(registry_db, "boundary-model", "boundary-nowhere", upstream="x")
     return "boundary-model"
 
 
@@ -187,9 +195,9 @@ def test_unknown_route_and_wrong_method(client) -> None:
     error_of(client.put("/v1/chat/completions", json=GOOD), 405)
 
 
-def test_model_with_no_live_worker_is_503_after_a_bounded_wait(client, engine) -> None:
-    add_backend(engine, "nobody-home", "local", queue="nobody-home")
-    add_model(engine, "orphan-model", "nobody-home", upstream="x")
+def test_model_with_no_live_worker_is_503_after_a_bounded_wait(client, registry_db) -> None:
+    add_backend(registry_db, "nobody-home", "local", queue="nobody-home")
+    add_model(registry_db, "orphan-model", "nobody-home", upstream="x")
     for path in ("/v1/chat/completions", "/v1/jobs"):
         started = time.monotonic()
         resp = client.post(path, json={**GOOD, "model": "orphan-model"})
@@ -235,7 +243,7 @@ def test_admin_requires_the_bearer_key_when_set(app, client) -> None:
     assert remote.status_code == 200
 
 
-def test_service_keeps_serving_after_bad_requests(client) -> None:
+def test_service_keeps_serving_after_bad_requests(client, worker) -> None:
     for _ in range(3):
         client.post("/v1/chat/completions", data=b"\xff\xfe garbage", content_type=JSON)
     ok = client.post("/v1/chat/completions", json=GOOD)
@@ -243,7 +251,7 @@ def test_service_keeps_serving_after_bad_requests(client) -> None:
     assert ok.get_json()["object"] == "chat.completion"
 
 
-def test_health_and_readiness(client) -> None:
+def test_health_and_readiness(client, worker) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz").get_json()
     assert ready["status"] == "ok" and ready["redis"] == "ok" and ready["database"] == "ok"
@@ -279,8 +287,8 @@ def test_unreachable_redis_is_a_fast_503_and_the_app_recovers(stack, worker, tmp
         redis_proc.wait(timeout=10)
 
 
-def test_local_model_no_worker_has_loaded_is_503(client, engine) -> None:
-    add_model(engine, "ghost-model", "local", upstream="not-loaded")
+def test_local_model_no_worker_has_loaded_is_503(client, worker, registry_db) -> None:
+    add_model(registry_db, "ghost-model", "local", upstream="not-loaded")
     resp = client.post("/v1/chat/completions", json={**GOOD, "model": "ghost-model"})
     err = error_of(resp, 503)
     assert "not-loaded" in err["message"] and "local-mps" in err["message"]

@@ -21,11 +21,11 @@ def available(http: httpx.Client, model: str) -> bool:
 
 
 def test_heartbeat_announces_and_expires_when_the_worker_is_killed(
-    engine, start_worker, stack, http: httpx.Client
+    registry_db, start_worker, stack, http: httpx.Client
 ) -> None:
-    add_backend(engine, "local-announce", "local", queue="local-announce")
-    add_model(engine, "smollm2-announce", "local-announce", upstream="smollm2-135m")
-    add_model(engine, "not-loaded-anywhere", "local-announce", upstream="llama-9000")
+    add_backend(registry_db, "local-announce", "local", queue="local-announce")
+    add_model(registry_db, "smollm2-announce", "local-announce", upstream="smollm2-135m")
+    add_model(registry_db, "not-loaded-anywhere", "local-announce", upstream="llama-9000")
     time.sleep(1.2)  # registry snapshot refresh
     assert not available(http, "smollm2-announce")
     w = start_worker("local-announce", concurrency=2)

@@ -16,9 +16,9 @@ QUEUE, MODEL = "broken-box", "smollm2-broken"
 REASON = "LOCAL_MODEL file not found: /nowhere/missing.gguf"
 
 
-def test_a_worker_that_failed_at_start_says_why(engine, start_worker, stack, http) -> None:  # type: ignore[no-untyped-def]
-    add_backend(engine, QUEUE, "local", queue=QUEUE)
-    add_model(engine, MODEL, QUEUE, upstream="smollm2-135m")
+def test_a_worker_that_failed_at_start_says_why(registry_db, start_worker, stack, http) -> None:  # type: ignore[no-untyped-def]
+    add_backend(registry_db, QUEUE, "local", queue=QUEUE)
+    add_model(registry_db, MODEL, QUEUE, upstream="smollm2-135m")
     w = start_worker(QUEUE, concurrency=2, LOCAL_MODEL="/nowhere/missing.gguf")
     time.sleep(1.2)  # the API's registry snapshot
 

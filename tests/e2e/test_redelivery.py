@@ -22,10 +22,10 @@ BODY = {"model": MODEL, "messages": PROMPT, "max_tokens": 80, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def kill_queue(engine, start_worker):  # type: ignore[no-untyped-def]
+def kill_queue(registry_db, start_worker):  # type: ignore[no-untyped-def]
     """A second local backend on its own queue, served by two fresh workers."""
-    add_backend(engine, "local-redelivery", "local", queue=QUEUE)
-    add_model(engine, MODEL, "local-redelivery", upstream="smollm2-135m")
+    add_backend(registry_db, "local-redelivery", "local", queue=QUEUE)
+    add_model(registry_db, MODEL, "local-redelivery", upstream="smollm2-135m")
     workers = [start_worker(QUEUE, concurrency=2), start_worker(QUEUE, concurrency=2)]
     time.sleep(1.5)  # the API's registry snapshot refreshes every second
     return workers

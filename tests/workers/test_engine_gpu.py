@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not DEVICE, reason="no CUDA or MPS device on thi
 
 
 @pytest.fixture(scope="module")
-def engine() -> BatchEngine:
+def batch_engine() -> BatchEngine:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -42,17 +42,17 @@ def engine() -> BatchEngine:
     return BatchEngine(model, eos_ids=set(), device=DEVICE, capacity=8)
 
 
-def run(engine: BatchEngine, prompt: list[int]) -> list[int]:
+def run(batch_engine: BatchEngine, prompt: list[int]) -> list[int]:
     sampler = Sampler(Sampling(temperature=0), 512, 0.2, 0.9)
-    return list(engine.submit(Request(prompt, 32, sampler)))
+    return list(batch_engine.submit(Request(prompt, 32, sampler)))
 
 
-def test_batched_equals_solo_on_the_accelerator(engine: BatchEngine) -> None:
+def test_batched_equals_solo_on_the_accelerator(batch_engine: BatchEngine) -> None:
     prompts = [[1, *range(10 + i, 20 + 3 * i)] for i in range(6)]
-    solo = [run(engine, p) for p in prompts]
+    solo = [run(batch_engine, p) for p in prompts]
     batched: dict[int, list[int]] = {}
     threads = [
-        threading.Thread(target=lambda i=i: batched.__setitem__(i, run(engine, prompts[i])))
+        threading.Thread(target=lambda i=i: batched.__setitem__(i, run(batch_engine, prompts[i])))
         for i in range(len(prompts))
     ]
     for t in threads:
