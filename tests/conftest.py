@@ -198,6 +198,26 @@ def http(api_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(autouse=True)
+def _close_accountants(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stop the accounting thread of every in-process app a test started: one app per
+    process in production, hundreds of short-lived ones here, whose threads would otherwise
+    poll Redis (and log its absence) for the rest of the session."""
+    from api.accountant import Accountant
+
+    started: set[Accountant] = set()
+    real_start = Accountant.start
+
+    def start(self: Accountant) -> None:
+        started.add(self)
+        real_start(self)
+
+    monkeypatch.setattr(Accountant, "start", start)
+    yield
+    for accountant in started:
+        accountant.close(timeout=2)
+
+
 @pytest.fixture
 def app(stack: Stack, worker: Worker):  # type: ignore[no-untyped-def]
     """An in-process app on the session's Redis and registry, in front of the local worker."""

@@ -138,7 +138,7 @@ def test_a_request_that_could_not_finish_in_its_clients_time_is_refused(slow: Sl
     busy = [threading.Thread(target=post, args=(slow, body(f"busy {i}"))) for i in range(4)]
     for t in busy:
         t.start()
-    wait_until(lambda: waiting(slow) >= 2, 10, "two jobs waiting")
+    wait_until(lambda: waiting(slow) >= 2, 30, "two jobs waiting")
     time.sleep(0.6)  # the API's view of the queue is at most half a second old
     # 2 waiting x 4 s / 2 slots = 4 s before a slot, then 4 s of work: 8 s in all
     code, headers, took = post(slow, body("in a hurry"), **{"x-request-timeout": "5"})

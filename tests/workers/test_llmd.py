@@ -139,7 +139,7 @@ def test_an_unreachable_upstream_is_unhealthy_and_logged_once(
     with caplog.at_level("WARNING", logger="workers.llmd"):
         time.sleep(0.4)  # several polls
     assert backend.announce()["llmd_healthy"] == "0"
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "workers.llmd"]
     assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
     assert KEY not in caplog.text
 
