@@ -19,18 +19,14 @@ from typing import Any
 from sqlmodel import Session
 
 from registry.models import DEFAULT_POLICY, POLICIES, Alias, Backend, Deployment, Model
+from registry.queries import BackendInfo
 
 
 @dataclass(frozen=True)
-class SeedBackend:
-    """A backend as seed.json declares it."""
+class SeedBackend(BackendInfo):
+    """A backend as seed.json declares it: `enable_if_env` names the variable whose
+    presence turns it on at start."""
 
-    name: str
-    kind: str
-    queue: str
-    base_url: str | None
-    api_key_env: str | None
-    enabled: bool
     enable_if_env: str | None
 
 
