@@ -27,13 +27,14 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from simple_websocket import Client as WsClient
-from simple_websocket import ConnectionClosed
 from sqlalchemy import Engine
 
 from registry.crud import add_backend, add_model
 from registry.db import init_db, make_engine
 from registry.requestlog import LogEntry, cost_usd, recent_entries
 from tests.conftest import Stack, wait_until
+from tests.e2e.test_jobs import poll
+from tests.e2e.test_web_surface import close, messages
 
 PRICED = "acct-smol"  # the local model, under list prices: USD per 1M tokens
 INPUT_PRICE, OUTPUT_PRICE = 1000.0, 2000.0
@@ -133,34 +134,6 @@ def post_job(http: httpx.Client, body: dict, request_id: str, **headers: str) ->
     return resp
 
 
-def poll(http: httpx.Client, job_id: str, until: set[str], timeout: float = 90) -> dict:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {until}")
-
-
-def ws_messages(ws: WsClient, until: set[str], timeout: float = 60) -> list[dict]:
-    out: list[dict] = []
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        raw = ws.receive(timeout=5)
-        if raw is None:
-            continue
-        out.append(orjson.loads(raw))
-        if out[-1]["type"] in until:
-            return out
-    raise AssertionError(f"no {until} within {timeout}s: {out}")
-
-
-def close_ws(ws: WsClient) -> None:
-    with contextlib.suppress(ConnectionClosed, OSError):
-        ws.close()
-
-
 # -- /v1/jobs -----------------------------------------------------------------------------
 
 
@@ -205,9 +178,9 @@ def test_a_job_polled_and_followed_by_several_readers_is_recorded_once(
     def follow_ws() -> None:
         ws = WsClient.connect(acct.url.replace("http", "ws") + f"/v1/jobs/{job_id}/ws")
         try:
-            ends.append(ws_messages(ws, {"done", "error", "cancelled"})[-1]["type"])
+            ends.append(messages(ws, {"done", "error", "cancelled"})[-1]["type"])
         finally:
-            close_ws(ws)
+            close(ws)
 
     readers = [threading.Thread(target=f) for f in (follow_sse, follow_sse, follow_ws)]
     for t in readers:
@@ -304,9 +277,9 @@ def test_json_sse_and_websocket_completions_are_recorded_with_usage(
     ws = WsClient.connect(acct.url.replace("http", "ws") + "/v1/ws")
     try:
         ws.send(orjson.dumps(SHORT).decode())
-        msgs = ws_messages(ws, {"done", "error"})
+        msgs = messages(ws, {"done", "error"})
     finally:
-        close_ws(ws)
+        close(ws)
     assert msgs[-1]["type"] == "done"
     entry = one_entry(acct.engine, job_id=msgs[0]["id"])
     assert entry.status == "200" and entry.ttft_ms is not None
@@ -336,8 +309,8 @@ def test_a_client_that_leaves_mid_stream_is_recorded_once_as_499(
 def test_a_websocket_that_drops_mid_answer_is_recorded_once_as_499(acct: Api) -> None:
     ws = WsClient.connect(acct.url.replace("http", "ws") + "/v1/ws")
     ws.send(orjson.dumps(LONG).decode())
-    msgs = ws_messages(ws, {"token"})
-    close_ws(ws)
+    msgs = messages(ws, {"token"})
+    close(ws)
     entry = one_entry(acct.engine, job_id=msgs[0]["id"])
     assert entry.status == "499" and entry.ttft_ms is not None
     assert entry.completion_tokens >= 1 and entry.prompt_tokens > 0 and entry.cost_usd > 0

@@ -118,6 +118,9 @@ def test_cancel_stops_generation_within_a_token(rt, make_job, monkeypatch) -> No
     status, tr = outcome(rt.jobs, job_id)
     assert status is JobStatus.CANCELLED and tr.final and tr.final.type is Event.CANCELLED
     assert len(tr.parts) < 100
+    # billed for what it used: its streamed tokens and its prompt (estimated)
+    assert tr.final.usage and tr.final.usage.completion_tokens == len(tr.parts) >= 1
+    assert tr.final.usage.prompt_tokens > 0
 
 
 def test_an_expired_job_never_reaches_the_backend(rt, make_job, monkeypatch) -> None:
@@ -204,22 +207,6 @@ def test_a_failed_end_carries_what_was_used(rt, make_job, monkeypatch) -> None:
     status, tr = outcome(rt.jobs, job_id)
     assert status is JobStatus.FAILED and tr.final and tr.final.usage
     assert tr.final.usage.completion_tokens == 3 and tr.final.usage.prompt_tokens > 0
-
-
-def test_a_cancelled_end_carries_what_was_used(rt, make_job, monkeypatch) -> None:
-    backend = Scripted([f"t{i} " for i in range(200)], delay=0.01)
-    use_backend(monkeypatch, backend)
-    job_id = submit(rt, make_job)
-    runner = threading.Thread(target=run_job, args=(rt, job_id, 1))
-    runner.start()
-    while len(rt.jobs.snapshot(job_id)[1].parts) < 5:  # type: ignore[index]
-        time.sleep(0.01)
-    rt.jobs.cancel(job_id)
-    runner.join(timeout=5)
-    status, tr = outcome(rt.jobs, job_id)
-    assert status is JobStatus.CANCELLED, tr.final
-    assert tr.final and tr.final.usage
-    assert tr.final.usage.completion_tokens == len(tr.parts) >= 5
 
 
 def test_an_end_before_any_token_used_nothing(rt, make_job, monkeypatch) -> None:
