@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +139,10 @@ def busy_backend(app, stack) -> Iterator[tuple[str, str]]:  # type: ignore[no-un
     client = stack.redis()
     liveness = Liveness(client)
     worker = unique("w")
-    client.zadd(keys.queued_key(queue), {"job_a": 1, "job_b": 2, "job_c": 3})
+    # queued just now: a live worker's reaper drops backlog entries older than
+    # ROUTER_REDELIVER_AFTER whose job is not queued (these have no job hash)
+    now = time.time()
+    client.zadd(keys.queued_key(queue), {"job_a": now, "job_b": now, "job_c": now})
     liveness.beat(worker, 30, [queue], [], {"pid": "0"})
     client.hset(keys.circuit_key(name), "state", "open")
     yield name, queue
