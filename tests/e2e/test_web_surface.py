@@ -20,14 +20,9 @@ from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Ping, Request
 
+from tests.e2e.test_jobs import LONG
 from tests.wsread import first_message
 
-LONG = {
-    "model": "smollm2-135m",
-    "messages": [{"role": "user", "content": "Write a long poem about the sea and the sky."}],
-    "max_tokens": 300,
-    "temperature": 0,
-}
 SHORT = {
     "model": "smollm2-135m",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
