@@ -18,7 +18,6 @@ from typing import Any
 import anthropic
 import httpx2
 
-from core.settings import Settings
 from workers.anthropic_translate import AnthropicRequest, build_request
 from workers.clients import ClientBackend
 from workers.errors import UpstreamError
@@ -38,7 +37,7 @@ from workers.failures import (
 )
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, endpoint
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying
+from workers.upstream import retry_after_seconds, retrying
 
 #: Anthropic stop_reason -> OpenAI finish_reason.
 FINISH_REASONS = {
@@ -92,8 +91,7 @@ class AnthropicBackend(ClientBackend[anthropic.Anthropic]):
         def open_stream() -> Iterator[Chunk | Done]:
             return stream_messages(client, request, ep)
 
-        policy = RetryPolicy.from_settings(Settings.load(self.env))
-        return retrying(open_stream, policy, deadline=job.deadline, what=job.backend)
+        return retrying(open_stream, self.policy, deadline=job.deadline, what=job.backend)
 
 
 def stream_messages(

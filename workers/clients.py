@@ -20,7 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Generic, Self, TypeVar
 
+from core.settings import Settings
 from workers.providers import Endpoint
+from workers.upstream import RetryPolicy
 
 C = TypeVar("C")
 
@@ -95,6 +97,7 @@ class ClientBackend(Generic[C]):
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
+        self.policy = RetryPolicy.from_settings(Settings.load(self.env))  # ROUTER_UPSTREAM_*
         self._clients: ClientCache[C] = ClientCache(self.new_client, close=self.close_client)
 
     @classmethod

@@ -23,7 +23,6 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from core.settings import Settings
 from workers.clients import ClientBackend
 from workers.errors import UpstreamError
 from workers.failures import (
@@ -42,7 +41,7 @@ from workers.failures import (
 from workers.google_translate import gemini_request
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, endpoint
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying
+from workers.upstream import retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +263,6 @@ def _logprob(candidate: types.LogprobsResultCandidate) -> dict[str, Any]:
 class GoogleBackend(ClientBackend[genai.Client]):
     """Streams chat jobs from the Gemini API; one instance serves a worker's greenlets.
     Its settings are GEMINI_BASE_URL / _HEADERS / _TIMEOUT and ROUTER_UPSTREAM_*."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        super().__init__(env)
-        self.policy = RetryPolicy.from_settings(Settings.load(self.env))
 
     def new_client(self, ep: Endpoint, headers: Mapping[str, str]) -> genai.Client:
         """The SDK's client, its own retries off (`retrying` decides), with our connect

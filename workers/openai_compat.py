@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.settings import Settings
 from workers.clients import ClientBackend
 from workers.errors import InvalidRequestError, UpstreamError
 from workers.failures import (
@@ -46,7 +45,7 @@ from workers.openai_http import (
 )
 from workers.protocol import ChatJob, Chunk, Done, Usage
 from workers.providers import Endpoint, allowed_extra, endpoint, provider_table
-from workers.upstream import RetryPolicy, retry_after_seconds, retrying
+from workers.upstream import retry_after_seconds, retrying
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +304,6 @@ class OpenAICompatBackend(ClientBackend[ChatClient]):
 
     def __init__(self, env: Mapping[str, str]) -> None:
         super().__init__(env)
-        self.policy = RetryPolicy.from_settings(Settings.load(env))
         self._lock = threading.Lock()  # guards _no_usage
         self._no_usage: set[str] = set()  # backends already logged for sending no usage
 
