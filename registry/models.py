@@ -12,6 +12,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from core import kinds
+from registry.apikeys import ApiKey as ApiKey  # init_db creates its table
 from registry.requestlog import RequestLog as RequestLog  # init_db creates its table
 
 #: Backend kinds the workers implement: the rows of core.kinds.

@@ -1,7 +1,8 @@
 """Read side of the registry: plain frozen views of models and backends, and a Snapshot.
 
-`load_snapshot` reads the whole registry in four SELECTs (backends, models, aliases,
-deployments) and answers every lookup from memory, so the API can rebuild it once a second.
+`load_snapshot` reads the whole registry in five SELECTs (backends, models, aliases,
+deployments, API keys) and answers every lookup from memory, so the API can rebuild it once a
+second.
 Callers never see SQLModel rows. Writes live in `registry.crud`.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from registry.apikeys import KeyInfo, load_keys
 from registry.models import DEFAULT_POLICY, Alias, Backend, Deployment, Model
 
 
@@ -190,11 +192,26 @@ def model_route(
 class Snapshot:
     """An immutable, in-memory copy of the registry, answering lookups without the DB."""
 
-    def __init__(self, routes: Iterable[ModelRoute], backends: Iterable[BackendInfo]) -> None:
+    def __init__(
+        self,
+        routes: Iterable[ModelRoute],
+        backends: Iterable[BackendInfo],
+        keys: Iterable[KeyInfo] = (),
+    ) -> None:
         ordered = sorted(routes, key=lambda r: r.id)
         self._routes = MappingProxyType({r.id: r for r in ordered})
         self._aliases = MappingProxyType({a: r.id for r in ordered for a in r.aliases})
         self._backends = tuple(sorted(backends, key=lambda b: b.name))
+        self._keys = MappingProxyType({k.secret_hash: k for k in keys})
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether any API key exists, revoked and expired ones included."""
+        return bool(self._keys)
+
+    def key(self, secret_hash: str) -> KeyInfo | None:
+        """The key whose secret has this SHA-256 (usable or not), else None."""
+        return self._keys.get(secret_hash)
 
     def resolve(self, name: str) -> ModelRoute | None:
         """The model whose id or alias is exactly `name` (enabled or not), else None."""
@@ -218,7 +235,7 @@ class Snapshot:
         added = [r for r in extra if r.id not in taken]
         if not added:
             return self
-        return Snapshot([*self._routes.values(), *added], self._backends)
+        return Snapshot([*self._routes.values(), *added], self._backends, self._keys.values())
 
     def backends(self) -> list[BackendInfo]:
         """All backends, sorted by name."""
@@ -235,7 +252,8 @@ class Snapshot:
 
 
 def load_snapshot(engine: Engine) -> Snapshot:
-    """Read backends, models, aliases and deployments: four SELECTs in all, whatever the size.
+    """Read backends, models, aliases, deployments and API keys: five SELECTs in all,
+    whatever the size.
 
     A fallback id that no longer names a model (a removal raced its write) is dropped.
     """
@@ -250,6 +268,7 @@ def load_snapshot(engine: Engine) -> Snapshot:
             if d.backend in backends:  # foreign keys hold this; skip like an inner join would
                 info = deployment_info(backends[d.backend], d.upstream, d.priority, d.weight)
                 extras.setdefault(d.model_id, []).append(info)
+        keys = load_keys(session)
     models = [m for m in models if m.backend in backends]
     ids = {m.id for m in models}
     routes = []
@@ -258,4 +277,4 @@ def load_snapshot(engine: Engine) -> Snapshot:
         if not set(route.fallbacks) <= ids:
             route = replace(route, fallbacks=tuple(f for f in route.fallbacks if f in ids))
         routes.append(route)
-    return Snapshot(routes, backends.values())
+    return Snapshot(routes, backends.values(), keys)
