@@ -17,6 +17,12 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:accounting:{api}       hash    job id -> what the completion's record needs, while
                                           that API process owes it (api/ledger.py)
     router:accounting:apis        set     API processes holding a ledger
+    router:queue:{q}:ring         list    API keys (tenants) with jobs held on the queue, in the
+                                          order they are served (tasks/lua/release.lua)
+    router:queue:{q}:held:{t}     list    a tenant's jobs held back on the queue, oldest last
+    router:tenant:{t}             hash    its rate buckets and max-parallel (tasks/tenants.py)
+    router:tenant:{t}:spend:{p}   hash    its spent and reserved budget in period p
+    router:tenant:{t}:running     zset    its jobs dispatched and not ended -> deadline
     router:backend:{b}:circuit    hash    circuit breaker: state, failures, opened_at
     router:backend:{b}:probe      string  the one half-open probe in flight (expires)
     router:backend:{b}:outcomes   list    recent jobs, newest first: "ts:ttft_ms:total_ms:ok"
@@ -91,6 +97,27 @@ def ledger_key(api: str) -> str:
     """The accounting ledger of API process `api` (its presence id): the completions it
     still owes a record (api/ledger.py)."""
     return f"{PREFIX}:accounting:{api}"
+
+
+def ring_key(queue: str) -> str:
+    """The tenants with jobs held on `queue`, in turn (tasks/lua/release.lua)."""
+    return f"{PREFIX}:queue:{queue}:ring"
+
+
+def held_key(queue: str, tenant: str) -> str:
+    return f"{PREFIX}:queue:{queue}:held:{tenant}"
+
+
+def tenant_key(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}"
+
+
+def spend_key(tenant: str, period: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:spend:{period}"
+
+
+def running_key(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:running"
 
 
 def circuit_key(backend: str) -> str:
