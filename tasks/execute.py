@@ -92,13 +92,7 @@ def finish(
 ) -> None:
     """End this worker's attempt at a job with `status` and one terminal event (fenced: a
     superseded attempt, or a job this worker does not hold, writes nothing)."""
-    script_keys = [
-        keys.job_key(job_id),
-        keys.events_key(job_id),
-        keys.worker_jobs_key(rt.worker_id),
-    ]
-    args = [str(attempt), rt.worker_id, status.value, str(rt.settings.job_ttl), job_id]
-    args += [x for kv in fields.items() for x in kv]
+    script_keys, args = rt.jobs.finish_call(job_id, attempt, rt.worker_id, status.value, fields)
     written = rt.publisher.finish(job_id, script_keys, args, timeout=30.0)
     rt.publisher.forget(job_id)
     if not written:

@@ -24,11 +24,21 @@ from tasks.events import StreamEvent, Transcript
 from tasks.keys import JobStatus
 from workers.protocol import ChatJob
 
+INCLUDE = "-- include: "
+#: The tenant of a job made without an API key (auth off); no key can be named so.
+ANONYMOUS = "-"
+
 
 @cache
 def lua(name: str) -> str:
-    """The text of `tasks/lua/<name>.lua`."""
-    return resources.files("tasks").joinpath(f"lua/{name}.lua").read_text()
+    """The text of `tasks/lua/<name>.lua`, with the scripts it names on its
+    `-- include: <name>` lines put before it (Redis scripts cannot call each other)."""
+    text = resources.files("tasks").joinpath(f"lua/{name}.lua").read_text()
+    lines = text.splitlines(keepends=True)
+    included = [
+        lua(line.removeprefix(INCLUDE).strip()) for line in lines if line.startswith(INCLUDE)
+    ]
+    return "".join([*included, *(line for line in lines if not line.startswith(INCLUDE))])
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class JobRecord:
     cancel_requested: bool
     worker: str
     deadline: float
+    tenant: str = ANONYMOUS  # the API key (its name) that made it
 
     @classmethod
     def decode(cls, h: dict[str, str]) -> JobRecord:
@@ -66,6 +77,7 @@ class JobRecord:
             cancel_requested=h.get("cancel") == "1",
             worker=h.get("worker", ""),
             deadline=float(h.get("deadline") or 0),
+            tenant=h.get("tenant") or ANONYMOUS,
         )
 
 
@@ -115,15 +127,18 @@ class JobStore:
         *,
         job_ttl: int = DEFAULTS.job_ttl,
         idempotency_ttl: int = DEFAULTS.idempotency_ttl,
+        ahead: int = DEFAULTS.dispatch_ahead,
     ) -> None:
         self.redis = client
         self.job_ttl = job_ttl
         self.idempotency_ttl = max(int(idempotency_ttl), 1)  # seconds an Idempotency-Key lasts
+        self.ahead = max(int(ahead), 1)  # task messages a queue's list holds (release.lua)
         self._create = client.register_script(lua("create"))
         self._claim = client.register_script(lua("claim"))
         self._cancel = client.register_script(lua("cancel"))
         self._stops = client.register_script(lua("stops"))
         self.finish_script = client.register_script(lua("finish"))
+        self._dispatch = client.register_script(lua("dispatch"))
 
     # -- API side -------------------------------------------------------------------------
 
@@ -137,12 +152,17 @@ class JobStore:
         message: bytes | None = None,
         owner: str | None = None,
         limit: int = 0,
+        tenant: str = ANONYMOUS,
+        max_parallel: int = 0,
     ) -> str:
-        """Store a queued job and push its task `message` (tasks.dispatch) on `queue`, in
-        one step; returns its id, or the earlier job's id for a repeated key (no push).
-        `owner`: the API process holding the client's connection (a synchronous request);
-        the job is dropped if that process dies before a worker starts it. `limit` > 0:
-        raise QueueFull instead when that many jobs already wait on the queue."""
+        """Store a queued job and hand its task `message` (tasks.dispatch) to fair dispatch
+        on `queue`, in one step; returns its id, or the earlier job's id for a repeated key
+        (nothing dispatched). The job waits its `tenant`'s turn (the API key's name) and for
+        one of its `max_parallel` slots (0: no cap) before the message reaches the queue's
+        list (tasks/lua/release.lua). `owner`: the API process holding the client's
+        connection (a synchronous request); the job is dropped if that process dies before
+        a worker starts it. `limit` > 0: raise QueueFull instead when that many jobs
+        already wait on the queue. An Idempotency-Key is the tenant's own."""
         deadline = job.deadline or time.time() + 3600
         lifetime = int(deadline - time.time()) + self.job_ttl
         fields = {
@@ -155,15 +175,30 @@ class JobStore:
             "created": f"{job.created:.6f}",
             "deadline": f"{deadline:.3f}",
             "cancel": "0",
+            "tenant": tenant,
             "request": orjson.dumps(job.to_dict()).decode(),
         }
         if owner:
             fields["owner"] = owner
         flat = [x for kv in fields.items() for x in kv]
-        idem = keys.idempotency_key(idempotency_key) if idempotency_key else ""
+        idem = ""
+        if idempotency_key:
+            scoped = idempotency_key if tenant == ANONYMOUS else f"{tenant}:{idempotency_key}"
+            idem = keys.idempotency_key(scoped)
         res = self._create(
             keys=[keys.job_key(job.id), idem, keys.queued_key(queue), queue if message else ""],
-            args=[max(lifetime, 1), self.idempotency_ttl, digest, message or b"", limit, *flat],
+            args=[
+                max(lifetime, 1),
+                self.idempotency_ttl,
+                digest,
+                message or b"",
+                limit,
+                keys.PREFIX,
+                tenant,
+                max_parallel,
+                self.ahead,
+                *flat,
+            ],
         )
         if res[0] == "full":
             raise QueueFull(int(res[1]))
@@ -180,6 +215,12 @@ class JobStore:
             args=[self.job_ttl, job_id, keys.PREFIX],
         )
         return None if res == "missing" else JobStatus(res)
+
+    def release(self, queues: list[str]) -> None:
+        """Release held jobs on `queues` if their lists have room (the reaper's pass: held
+        jobs move even when nothing else happens on their queue)."""
+        if queues:
+            self._dispatch(keys=[], args=[keys.PREFIX, self.ahead, *queues])
 
     def backlog(self, queue: str) -> int:
         """How many jobs on `queue` were accepted and not started yet (whether their message
@@ -221,6 +262,21 @@ class JobStore:
 
     # -- worker side ----------------------------------------------------------------------
 
+    def finish_call(
+        self, job_id: str, attempt: int, worker_id: str, status: str, fields: dict[str, str]
+    ) -> tuple[list[str], list[str]]:
+        """The keys and arguments of finish.lua (`finish_script`) ending this attempt with
+        `status` and a terminal event of `fields`; the worker's publisher runs it behind the
+        job's tokens."""
+        script_keys = [
+            keys.job_key(job_id),
+            keys.events_key(job_id),
+            keys.worker_jobs_key(worker_id),
+        ]
+        args = [str(attempt), worker_id, status, str(self.job_ttl), job_id, keys.PREFIX]
+        args += [str(self.ahead), *(x for kv in fields.items() for x in kv)]
+        return script_keys, args
+
     def claim(self, job_id: str, attempt: int, worker_id: str) -> Claim:
         """Take a delivered job, or say why not (finished, stale, duplicate, cancelled...)."""
         res = self._claim(
@@ -230,7 +286,7 @@ class JobStore:
                 keys.worker_jobs_key(worker_id),
                 keys.APIS,
             ],
-            args=[str(attempt), worker_id, self.job_ttl, job_id, keys.PREFIX],
+            args=[str(attempt), worker_id, self.job_ttl, job_id, keys.PREFIX, self.ahead],
         )
         outcome = ClaimOutcome(res[0])
         if outcome is not ClaimOutcome.OK:

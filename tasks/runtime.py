@@ -76,7 +76,7 @@ class WorkerRuntime:
         self.on_death = on_death or exit_on_thread_death
         # no blocking command is sent on it: every command may time out (tasks.connections)
         self.redis = redis_client(settings.redis_url, socket_timeout=settings.redis_timeout)
-        self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl)
+        self.jobs = JobStore(self.redis, job_ttl=settings.job_ttl, ahead=settings.dispatch_ahead)
         self.publisher = EventPublisher(self.redis, on_death=self.on_death)
         self.liveness = Liveness(self.redis)
         self.health = BackendHealth(self.redis, BreakerPolicy.from_settings(settings))
@@ -220,6 +220,7 @@ class Heartbeat(threading.Thread):
                 "job %s: queued with no message left on %s, publishing again", job.job_id, job.queue
             )
             self.requeue(job)
+        rt.jobs.release(sorted(served))
 
     def run(self) -> None:
         run_guarded(self.name, self._beat_until_stopped, self.rt.on_death)

@@ -1,10 +1,14 @@
--- Create a queued job, honouring an Idempotency-Key and the queue's limit, and put its task
--- message on its queue in the same step: a job never exists without its message, nor a
--- message without its job, and a full queue is refused exactly (concurrent requests see it).
+-- include: release
+-- Create a queued job, honouring an Idempotency-Key and the queue's limit, and hand its task
+-- message to fair dispatch in the same step (release.lua): a job never exists without its
+-- message, nor a message without its job, and a full queue is refused exactly (concurrent
+-- requests see it).
 -- KEYS[1] job hash, KEYS[2] idempotency key ('' when none), KEYS[3] the queue's backlog
--- index, KEYS[4] the queue's list ('' to push nothing)
+-- index, KEYS[4] the queue's list ('' to dispatch nothing)
 -- ARGV[1] job ttl (s), ARGV[2] idempotency ttl (s), ARGV[3] body digest, ARGV[4] the task
--- message, ARGV[5] most jobs waiting in the backlog (0: no limit), ARGV[6..] field/value pairs
+-- message, ARGV[5] most jobs waiting in the backlog (0: no limit), ARGV[6] key prefix,
+-- ARGV[7] the job's tenant (its API key's name), ARGV[8] the tenant's max-parallel (0: none),
+-- ARGV[9] task messages the list may hold ahead of workers, ARGV[10..] field/value pairs
 -- Returns {'created'}, {'exists', job id, digest} or {'full', jobs waiting}.
 if KEYS[2] ~= '' then
   local prior = redis.call('GET', KEYS[2])
@@ -18,15 +22,29 @@ if limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[3])
   if waiting >= limit then return {'full', waiting} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[3], t[1] .. '.' .. string.format('%06d', tonumber(t[2])),
-  redis.call('HGET', KEYS[1], 'id'))
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('ZADD', KEYS[3], t[1] .. '.' .. string.format('%06d', tonumber(t[2])), id)
 if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], redis.call('HGET', KEYS[1], 'id') .. '|' .. ARGV[3], 'EX', ARGV[2])
+  redis.call('SET', KEYS[2], id .. '|' .. ARGV[3], 'EX', ARGV[2])
 end
 if KEYS[4] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[4])
+  local prefix, tenant, queue = ARGV[6], ARGV[7], KEYS[4]
+  local tenant_hash = prefix .. ':tenant:' .. tenant
+  if tonumber(ARGV[8]) > 0 then
+    redis.call('HSET', tenant_hash, 'parallel', ARGV[8])
+    redis.call('EXPIRE', tenant_hash, 86400)
+  else
+    redis.call('HDEL', tenant_hash, 'parallel')
+  end
+  redis.call('HSET', KEYS[1], 'message', ARGV[4], 'held', '1')
+  redis.call('LPUSH', prefix .. ':queue:' .. queue .. ':held:' .. tenant, id)
+  local ring = prefix .. ':queue:' .. queue .. ':ring'
+  if not redis.call('LPOS', ring, tenant) then
+    redis.call('LPUSH', ring, tenant) -- a tenant with nothing held goes first
+  end
+  release(prefix, queue, tonumber(ARGV[9]), tonumber(t[1]) + tonumber(t[2]) / 1e6)
 end
 return {'created'}

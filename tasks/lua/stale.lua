@@ -28,7 +28,7 @@ for i = 2, #KEYS do
       redis.call('XADD', h .. ':events', '*', 'type', 'cancelled')
       redis.call('EXPIRE', h, ARGV[4])
       redis.call('EXPIRE', h .. ':events', ARGV[4])
-    else
+    elseif redis.call('HGET', h, 'held') ~= '1' then -- a held job waits its turn (release.lua)
       local queue = redis.call('HGET', h, 'queue')
       if redis.call('LLEN', queue) == 0 then
         redis.call('ZADD', KEYS[i], stamp, j)

@@ -22,9 +22,10 @@ def events(r, job_id: str = "job_1") -> list[StreamEvent]:
 
 
 def finish(store: JobStore, job_id: str, attempt: int, worker: str, status: str) -> int:
-    args = [str(attempt), worker, status, "60", job_id, "type", "done", "finish_reason", "stop"]
-    args += ["usage", '{"prompt_tokens": 1, "completion_tokens": 1}']
-    k = [keys.job_key(job_id), keys.events_key(job_id), keys.worker_jobs_key(worker)]
+    fields = {"type": "done", "finish_reason": "stop"}
+    fields["usage"] = '{"prompt_tokens": 1, "completion_tokens": 1}'
+    ttl60 = JobStore(store.redis, job_ttl=60, ahead=store.ahead)  # the TTL the tests expect
+    k, args = ttl60.finish_call(job_id, attempt, worker, status, fields)
     return int(store.finish_script(keys=k, args=args))
 
 
@@ -307,9 +308,8 @@ def test_every_job_key_expires_whatever_happened_to_the_job(r, make_job) -> None
     for seq, text in enumerate(("a", "b")):
         expire = lifetime if seq == 0 else 0
         publisher.token("job_done", f"{first.token_base}-{seq}", token_fields(seq, text), expire)
-    k = [keys.job_key("job_done"), keys.events_key("job_done"), keys.worker_jobs_key("w1")]
-    args = ["1", "w1", "succeeded", "60", "job_done"]
-    args += [x for kv in done_fields(Done("stop", Usage(1, 2))).items() for x in kv]
+    done = done_fields(Done("stop", Usage(1, 2)))
+    k, args = store.finish_call("job_done", 1, "w1", "succeeded", done)
     assert publisher.finish("job_done", k, args, timeout=10)
     # redelivered twice, dying before any token each time; still running at the end
     store.claim("job_twice", 1, "w1")

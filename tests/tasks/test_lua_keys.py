@@ -24,7 +24,12 @@ KEYS_TEMPLATES = {
     keys.circuit_key(HOLE),
     keys.probe_key(HOLE),
     keys.outcomes_key(HOLE),
+    keys.ring_key(HOLE),
+    keys.held_key(HOLE, HOLE),
+    keys.tenant_key(HOLE),
+    keys.running_key(HOLE),
 }
+PREFIX_NAMES = ("prefix",)  # the name release.lua's functions take the prefix by
 
 # `ARGV[n] .. ':literal' .. var .. ...` or `name .. ':literal' ...` where name is a local
 # holding such a chain; a chain ends at the first token that is neither.
@@ -46,7 +51,8 @@ def templates(text: str) -> set[str]:
         parts = [p.strip() for p in match.group(1).split("..")]
         while parts[0] in names:  # a local holding a chain: expand it
             parts = [p.strip() for p in names[parts[0]].split("..")] + parts[1:]
-        if not parts[0].startswith("ARGV[") or not parts[1].startswith("':"):
+        from_prefix = parts[0].startswith("ARGV[") or parts[0] in PREFIX_NAMES
+        if not from_prefix or not parts[1].startswith("':"):
             continue  # not a key built from the prefix (a timestamp, a job id + digest)
         built = [keys.PREFIX] + [p[1:-1] if p.startswith("'") else HOLE for p in parts[1:]]
         found.add("".join(built))

@@ -140,8 +140,7 @@ def test_a_full_redis_refuses_new_jobs_and_evicts_none(tmp_path: Path) -> None:
         assert client.info("stats")["evicted_keys"] == 0
         assert store.cancel(accepted[0]) is JobStatus.CANCELLED
         assert store.claim(accepted[1], 1, "w1").outcome == "ok"
-        k = [keys.job_key(accepted[1]), keys.events_key(accepted[1]), keys.worker_jobs_key("w1")]
-        ended = ["1", "w1", "cancelled", "60", accepted[1], "type", "cancelled"]
+        k, ended = store.finish_call(accepted[1], 1, "w1", "cancelled", {"type": "cancelled"})
         assert store.finish_script(keys=k, args=ended) == 1
         assert store.create(new_job("job_after"), "q") == "job_after"
     finally:
