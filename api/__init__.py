@@ -15,7 +15,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask, Response, g, request
 
-from api import accountant, errors, guard, logging_json, metrics, requestlog
+from api import accountant, auth, errors, guard, logging_json, metrics, requestlog, tenancy
 from api.blueprints import admin, health, jobs, openai, ui, ws
 from api.blueprints import metrics as metrics_bp
 from api.blueprints import openapi as openapi_bp
@@ -53,6 +53,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_assign_request_id)
     logging_json.init_app(app)  # after _assign_request_id: binds g.request_id
     guard.init_app(app)  # Host, Origin, Content-Type: before any route, with a request id
+    auth.init_app(app, services.registry.get)  # the API key of /v1 requests, after the guard
+    tenancy.init_app(app, services)  # x-ratelimit-* headers
     metrics.init_app(app)
     requestlog.init_app(app)
     accountant.init_app(app)  # after the request log, whose writer it records into

@@ -26,10 +26,11 @@ from flask import Flask
 
 from api.accounting import TIMED_OUT, Completion, Outcome
 from api.ledger import Entry, Ledger
-from api.metrics import NONE, record_completion
+from api.metrics import NONE, record_completion, record_key_completion
 from registry.requestlog import LogEntry, cost_usd
 from tasks.events import StreamEvent
 from tasks.keys import events_key
+from tasks.tenants import NANO, Hold, Tenants
 
 #: api/accounting.py's logger: accounting logs under one name, whichever module writes
 log = logging.getLogger("api.accounting")
@@ -80,6 +81,7 @@ class Accountant:
     ) -> None:
         self.redis, self.owner, self.sink = client, owner, sink
         self.ledger = Ledger(client)
+        self.tenants = Tenants(client)
         self.grace, self.adopt_interval = grace, adopt_interval
         self.ops: queue.Queue[_Op] = queue.Queue()
         self.recorded = 0  # completions this process recorded
@@ -122,11 +124,27 @@ class Accountant:
         """Follow the completion's job from its last event seen to its end."""
         self._put(_Op("follow", completion))
 
+    def release(self, hold: Hold | None, tokens: int, cost: float) -> None:
+        """Settle what admission reserved of a key's limits to the `tokens` and `cost` (USD)
+        really used (api/tenancy.py). A failure leaves the reservation in place: the TPM
+        bucket drains it within a minute; a budget keeps it until its period ends."""
+        if hold is None:
+            return
+        try:
+            self.tenants.settle(hold, tokens, round(cost * NANO))
+        except redis.RedisError as exc:
+            log.error("accounting: reservation of %s not settled (%s)", hold.tenant, exc)
+
     def record(self, completion: Completion, outcome: Outcome) -> None:
-        """Count the completion in the metrics and hand it to the request log."""
+        """Settle the completion's reservation, count it in the metrics and hand it to the
+        request log."""
         c, o, job = completion, outcome, completion.job
         backend = (job.backend if job else "") or NONE
         fallback = job.model if job and job.model != c.requested else None
+        cost = 0.0
+        if job is not None:
+            cost = cost_usd(o.prompt_tokens, o.completion_tokens, job.input_price, job.output_price)
+        self.release(c.hold, o.prompt_tokens + o.completion_tokens, cost)
         try:
             record_completion(
                 c.requested,
@@ -138,14 +156,13 @@ class Accountant:
                 o.completion_tokens,
                 fallback,
             )
+            if c.key_name is not None:
+                record_key_completion(
+                    c.key_name, c.requested, o.status, o.prompt_tokens, o.completion_tokens, cost
+                )
             self.recorded += 1
             if self.sink is None:
                 return
-            cost = 0.0
-            if job is not None:
-                cost = cost_usd(
-                    o.prompt_tokens, o.completion_tokens, job.input_price, job.output_price
-                )
             self.sink.submit(
                 LogEntry(
                     time=c.started_at + o.latency,

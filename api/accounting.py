@@ -52,12 +52,15 @@ from typing import Any, Protocol
 import redis
 from flask import current_app, g, has_request_context
 
+from api import tenancy
+from api.auth import current_caller
 from api.ledger import Entry
 from api.serving import ChatService, Started, Submitted
 from core.logs import current_request_id
 from tasks.events import StreamEvent
 from tasks.jobs import IdempotencyConflict
 from tasks.keys import Event
+from tasks.tenants import Hold
 from workers.errors import RouterError
 from workers.protocol import Usage
 
@@ -83,6 +86,8 @@ class Recorder(Protocol):
     def follow(self, completion: Completion) -> None: ...
 
     def settle(self, completion: Completion, outcome: Outcome) -> None: ...
+
+    def release(self, hold: Hold | None, tokens: int, cost: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ def entry_of(completion: Completion, sub: Submitted) -> Entry:
         input_price=route.input_price,
         output_price=route.output_price,
         deadline=sub.deadline,
+        hold=completion.hold,
     )
 
 
@@ -162,6 +168,7 @@ class Completion:
         self.last_id = "0-0"  # the last event seen
         self.status: str | None = None  # what the client got, once its reader stopped early
         self.finished = False
+        self.hold: Hold | None = None  # what admission reserved of the key's limits
 
     @classmethod
     def adopted(cls, accountant: Recorder, entry: Entry) -> Completion:
@@ -174,18 +181,34 @@ class Completion:
             started_at=entry.started_at,
             live=False,
         )
-        found.job, found.registered = entry, True
+        found.job, found.registered, found.hold = entry, True, entry.hold
         return found
 
     # -- what the request does --------------------------------------------------------------
 
+    def admit(self, service: ChatService, req: Any, size: int) -> None:
+        """Reserve the request against its key's limits (api/tenancy.py), before any job
+        exists; the record settles the reservation. `size`: the request body's bytes."""
+        caller = current_caller()
+        if tenancy.reserves(caller):
+            route = service.resolve(req.model)
+            self.hold = tenancy.admit(service.services, caller, req, route, size)
+
     def start(
-        self, service: ChatService, req: Any, headers: Any = None, client: Any = None
+        self,
+        service: ChatService,
+        req: Any,
+        headers: Any = None,
+        client: Any = None,
+        *,
+        size: int = 0,
     ) -> Started:
-        """`service.start`, accounted: each job it submits is this completion's until a
-        fallback replaces it; a failure before the first token is recorded and re-raised;
-        the returned Started's events are watched."""
+        """`service.start`, accounted: admitted first; each job it submits is this
+        completion's until a fallback replaces it; a failure before the first token (a
+        limit's 429 included) is recorded and re-raised; the returned Started's events are
+        watched."""
         try:
+            self.admit(service, req, size)
             started = service.start(req, headers=headers, client=client, on_submit=self.submitted)
         except Exception as exc:
             self.finish(failure_status(exc))
@@ -194,16 +217,19 @@ class Completion:
             self.see(event)
         return Started(started.sub, started.head, self.events(started.rest))
 
-    def submit(self, service: ChatService, req: Any, **kwargs: Any) -> Submitted:
-        """`service.submit`, accounted: a refusal is recorded and re-raised; a job created by
-        an earlier request with the same Idempotency-Key is that request's to record."""
+    def submit(self, service: ChatService, req: Any, *, size: int = 0, **kwargs: Any) -> Submitted:
+        """`service.submit`, accounted: admitted first; a refusal is recorded and re-raised;
+        a job created by an earlier request with the same Idempotency-Key is that
+        request's to record (this one's reservation is given back)."""
         try:
+            self.admit(service, req, size)
             sub = service.submit(req, **kwargs)
         except Exception as exc:
             self.finish(failure_status(exc))
             raise
         if sub.replayed:
             self.finished = True  # counted by the request that created it
+            self.accountant.release(self.hold, 0, 0.0)
         else:
             self.submitted(sub)
         return sub
@@ -287,4 +313,7 @@ def begin(service: ChatService, model: object) -> Completion:
     rid = g.get("request_id") if has_request_context() else None
     accountant: Recorder = current_app.extensions["accounting"]
     requested = route.id if route else UNKNOWN
-    return accountant.begin(requested, request_id=rid or current_request_id() or "")
+    key_name = current_caller().key_name
+    return accountant.begin(
+        requested, request_id=rid or current_request_id() or "", key_name=key_name
+    )

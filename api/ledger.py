@@ -26,6 +26,7 @@ import redis
 
 from tasks import keys
 from tasks.jobs import lua
+from tasks.tenants import Hold
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Entry:
     input_price: float  # USD per 1M tokens, the registry's list price at submission
     output_price: float
     deadline: float  # epoch seconds; the job cannot run past it
+    hold: Hold | None = None  # what admission reserved of the key's limits (api/tenancy.py)
 
     def dumps(self) -> str:
         facts = asdict(self)
@@ -56,7 +58,8 @@ class Entry:
         """The entry stored for `job_id`, or None if it cannot be read."""
         try:
             facts: dict[str, Any] = orjson.loads(raw)
-            return cls(job_id=job_id, **facts)
+            hold = facts.pop("hold", None)
+            return cls(job_id=job_id, hold=Hold(**hold) if hold else None, **facts)
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("accounting: ledger entry of job %s unreadable (%s); dropped", job_id, exc)
             return None

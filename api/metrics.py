@@ -8,6 +8,9 @@ about queues, workers and circuits.
     router_prompt_tokens_total{model,backend}          counter
     router_completion_tokens_total{model,backend}      counter
     router_fallbacks_total{model,fallback}             counter  answered by another model
+    router_key_requests_total{key,model,status}        counter  completions per API key
+    router_key_tokens_total{key,type}                  counter  prompt / completion tokens per key
+    router_key_spend_usd_total{key}                    counter  list-price cost per key
     router_http_requests_total{method,endpoint,status} counter  every HTTP response
     router_request_log_dropped_total                   counter  log entries dropped (queue full)
     router_queue_depth{queue}                          gauge    jobs accepted, not yet started
@@ -19,7 +22,9 @@ about queues, workers and circuits.
 
 `model` is the model asked for (aliases resolved; `unknown` if it is not in the registry),
 `backend` the backend of the job that answered or failed last (`none`: no job was made),
-`status` the HTTP status as text (499: the client went away or cancelled). Workers expose
+`status` the HTTP status as text (499: the client went away or cancelled), `key` the API
+key's name (names only, never secrets: as many as the registry has keys; `admin` for the
+admin key; requests without a key are not counted there). Workers expose
 nothing: the gauges read their state from Redis.
 
 Under gunicorn every worker process counts its own requests. With PROMETHEUS_MULTIPROC_DIR
@@ -66,6 +71,9 @@ class _Metrics:
     fallbacks: Counter
     http: Counter
     log_dropped: Counter
+    key_requests: Counter
+    key_tokens: Counter
+    key_spend: Counter
 
 
 _metrics: _Metrics | None = None
@@ -106,6 +114,13 @@ def _m() -> _Metrics:
                     Counter(
                         "router_request_log_dropped", "Request-log entries dropped: queue full."
                     ),
+                    Counter(
+                        "router_key_requests",
+                        "Finished chat completions per API key.",
+                        ("key", "model", "status"),
+                    ),
+                    Counter("router_key_tokens", "Tokens per API key.", ("key", "type")),
+                    Counter("router_key_spend_usd", "List-price cost per API key, USD.", ("key",)),
                 )
     return _metrics
 
@@ -132,6 +147,20 @@ def record_completion(
         m.completion_tokens.labels(*labels).inc(completion_tokens)
     if fallback:
         m.fallbacks.labels(model, fallback).inc()
+
+
+def record_key_completion(
+    key: str, model: str, status: str, prompt_tokens: int, completion_tokens: int, cost: float
+) -> None:
+    """Count one finished chat completion of the API key named `key`."""
+    m = _m()
+    m.key_requests.labels(key, model, status).inc()
+    if prompt_tokens:
+        m.key_tokens.labels(key, "prompt").inc(prompt_tokens)
+    if completion_tokens:
+        m.key_tokens.labels(key, "completion").inc(completion_tokens)
+    if cost:
+        m.key_spend.labels(key).inc(cost)
 
 
 def record_log_drop(n: int = 1) -> None:

@@ -1,5 +1,6 @@
-"""The router's services for one Flask app: Redis, job store, worker liveness and a
-short-lived registry snapshot. Built by create_app, found at app.extensions["services"].
+"""The router's services for one Flask app: Redis, job store, limits per API key, worker
+liveness and a short-lived registry snapshot. Built by create_app, found at
+app.extensions["services"].
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tasks.connections import redis_client
 from tasks.health import BackendHealth, BreakerPolicy
 from tasks.jobs import JobStore
 from tasks.liveness import Liveness
+from tasks.tenants import Tenants
 
 DISCOVERED_CONTEXT = 32768  # context window of a discovered model that reports none
 
@@ -124,7 +126,9 @@ class Services:
             self.redis,
             job_ttl=int(config["JOB_TTL"]),
             idempotency_ttl=int(config["IDEMPOTENCY_TTL"]),
+            ahead=int(config["DISPATCH_AHEAD"]),
         )
+        self.tenants = Tenants(self.redis)
         self.liveness = Liveness(self.redis)
         self.live = LiveWorkers(self.liveness)
         self.engine = make_engine(config["DATABASE_URL"])

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
+from api.auth import current_caller
 from api.client import Client
 from api.routing import UNBOUNDED, Budget, Candidate, Refusal, RefusalReason, queue_full
 from api.routing import chain as fallback_chain
@@ -110,9 +111,10 @@ class ChatService:
         return Budget(queue=self.queue_timeout or math.inf, total=client.patience)
 
     def resolve(self, model: str) -> ModelRoute:
-        """Registry lookup by id or alias; 404 model_not_found like OpenAI."""
+        """Registry lookup by id or alias; 404 model_not_found like OpenAI, for a model the
+        caller's key may not use too (the same answer: its allowlist stays private)."""
         route = self.services.registry.get().resolve(model)
-        if route is None:
+        if route is None or not current_caller().allows(route.id):
             raise ModelNotFoundError(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="model",
@@ -141,10 +143,11 @@ class ChatService:
         falling back); every other refusal (a failed worker, a full or overloaded queue, an
         open circuit) is a 503 at once, naming the first reason."""
         give_up = time.monotonic() + (self.worker_wait if wait else 0)
+        caller = current_caller()
 
         def skip(c: Candidate) -> bool:
             taken = (c.route.id, c.deployment.backend) in tried
-            return taken or c.route.context_window <= min_context
+            return taken or c.route.context_window <= min_context or not caller.allows(c.route.id)
 
         while True:
             snapshot = self.services.registry.get()
@@ -217,6 +220,7 @@ class ChatService:
             request_id=current_request_id(),
         )
         message = task_message(job.id, 1, d.queue)
+        caller = current_caller()
         try:
             job_id = self.services.jobs.create(
                 job,
@@ -226,6 +230,8 @@ class ChatService:
                 message=message,
                 owner=client.owner if client else None,
                 limit=self.queue_limit,
+                tenant=caller.name,
+                max_parallel=caller.max_parallel,
             )
         except QueueFull:
             if given:

@@ -96,6 +96,9 @@ class Settings:
     admin_key: str | None = setting(
         None, "bearer key for /admin, taken as written (unset: loopback clients only)"
     )
+    auth: str = setting(
+        "auto", "API keys on /v1: auto (once a key exists, or off loopback), required, off"
+    )
     worker_wait: float = setting(30.0, "seconds to wait for a live worker before 503")
     request_timeout: float = setting(
         600.0, "seconds before a completion gets 504 and is cancelled; Celery's time limits"
@@ -110,6 +113,9 @@ class Settings:
         "x-session-token", "client request headers passed on to backends (comma list)"
     )
     queue_limit: int = setting(200, "most jobs waiting on a queue before it is skipped (0: any)")
+    dispatch_ahead: int = setting(
+        2, "task messages a queue's list holds; beyond them jobs wait their key's turn"
+    )
     queue_wait: float = setting(
         20.0, "seconds a job may stay queued before it moves to another deployment (0: never)"
     )

@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.accounting import begin
+from api.auth import current_caller
 from api.http import chat_service, json_body, json_response, route_headers
 from api.identifiers import event_id, event_order, job_id_of
 from api.schemas import completion_body, parse_chat_request
@@ -59,8 +60,9 @@ def job_body(rec: JobRecord, transcript: Transcript) -> dict[str, object]:
 
 
 def _snapshot(raw_id: str) -> tuple[JobRecord, Transcript]:
+    """The job and its events; 404 for a job of another API key, as for none."""
     snap = services().jobs.snapshot(job_id_of(raw_id))
-    if snap is None:
+    if snap is None or not current_caller().owns(snap[0].tenant):
         raise NotFoundError(f"No job with id `{raw_id}`.", param="job_id", code="job_not_found")
     return snap
 
@@ -84,6 +86,7 @@ def create_job() -> Response:
             idempotency_key=key,
             digest=body_digest(request.get_data()),
             headers=request.headers.items(),
+            size=request.content_length or 0,
         )
     except IdempotencyConflict:
         raise ConflictError(
@@ -109,6 +112,7 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel: a queued job ends at once; a running one stops at its next token."""
     jid = job_id_of(job_id)
+    _snapshot(jid)  # another key's job is not found
     status = services().jobs.cancel(jid)
     if status is None:
         raise NotFoundError(f"No job with id `{job_id}`.", param="job_id", code="job_not_found")

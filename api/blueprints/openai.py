@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from api.accounting import begin
+from api.auth import current_caller
 from api.http import chat_service, json_body, json_response, request_client, route_headers
 from api.schemas import model_body, parse_chat_request
 from api.services import services
@@ -26,7 +27,13 @@ def chat_completions() -> Response:
     client = request_client(service)
     streaming = False
     try:
-        started = completion.start(service, req, headers=request.headers.items(), client=client)
+        started = completion.start(
+            service,
+            req,
+            headers=request.headers.items(),
+            client=client,
+            size=request.content_length or 0,
+        )
         headers = route_headers(started.sub)
         if not req.stream:
             return json_response(service.complete(started), headers=headers)
@@ -59,8 +66,10 @@ def _model(route: ModelRoute, live: dict[str, int]) -> dict[str, object]:
 
 @bp.get("/models")
 def list_models() -> Response:
-    """Enabled registry models; `available` says whether a live worker serves each one."""
-    routes = services().registry.get().models()
+    """Enabled registry models the caller's key may use; `available` says whether a live
+    worker serves each one."""
+    caller = current_caller()
+    routes = [r for r in services().registry.get().models() if caller.allows(r.id)]
     live = services().live.counts(routes)
     return json_response({"object": "list", "data": [_model(r, live) for r in routes]})
 
@@ -68,7 +77,7 @@ def list_models() -> Response:
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
     route = services().registry.get().resolve(model_id)
-    if route is None or not route.enabled:
+    if route is None or not route.enabled or not current_caller().allows(route.id):
         raise ModelNotFoundError(
             f"The model `{model_id}` does not exist or you do not have access to it.",
             param="model",

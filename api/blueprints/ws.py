@@ -24,6 +24,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from api.accounting import Completion, begin, failure_status
+from api.auth import WS_PROTOCOL, socket_caller
 from api.http import chat_service, request_client
 from api.identifiers import event_id, event_order, job_id_of
 from api.schemas import parse_chat_request
@@ -48,7 +49,12 @@ def server_options(config: Mapping[str, Any]) -> dict[str, Any]:
     size = config.get("MAX_CONTENT_LENGTH")
     ping = float(config.get("KEEPALIVE") or 0)
     given = config.get("SOCK_SERVER_OPTIONS") or {}
-    return {"max_message_size": int(size) if size else None, "ping_interval": ping or None, **given}
+    return {
+        "max_message_size": int(size) if size else None,
+        "ping_interval": ping or None,
+        "subprotocols": [WS_PROTOCOL],  # selected when a browser offers its key beside it
+        **given,
+    }
 
 
 def _send(ws: Any, body: dict[str, Any]) -> None:
@@ -135,10 +141,11 @@ def job_socket(ws: Any, job_id: str) -> None:
     """Follow one job from the start or after `?last_event_id=`, to its terminal event."""
     after = request.args.get("last_event_id") or "0-0"
     try:
+        caller = socket_caller(ws, current_app.extensions["auth"])
         jid = job_id_of(job_id)
         event_id(after, param="last_event_id")
         snap = services().jobs.snapshot(jid)
-        if snap is None:
+        if snap is None or not caller.owns(snap[0].tenant):
             raise NotFoundError(f"No job with id `{job_id}`.", param="job_id", code="job_not_found")
     except (RouterError, redis.RedisError) as exc:
         _send_error(ws, stream_failure(exc))
@@ -156,6 +163,11 @@ def chat_socket(ws: Any) -> None:
     with no request for WS_IDLE_TIMEOUT seconds is closed."""
     service = chat_service()
     idle = float(current_app.config["WS_IDLE_TIMEOUT"]) or None
+    try:
+        socket_caller(ws, current_app.extensions["auth"])
+    except RouterError as exc:
+        _send_error(ws, exc)
+        return
     while True:
         raw = ws.receive(timeout=idle)
         if raw is None:  # idle: nothing sent for WS_IDLE_TIMEOUT seconds
@@ -169,7 +181,9 @@ def chat_socket(ws: Any) -> None:
             req = parse_chat_request(body)
             completion = begin(service, req.model)  # recorded once: api/accounting.py
             client = request_client(service, watch=False)  # the socket's end cancels it
-            sub = completion.submit(service, req, headers=request.headers.items(), client=client)
+            sub = completion.submit(
+                service, req, headers=request.headers.items(), client=client, size=len(raw)
+            )
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
             continue
