@@ -2,6 +2,7 @@
 
 irouter models list|add|remove|set|deploy|undeploy
 irouter backends list|add|enable|disable|status
+irouter keys create|list|revoke|rotate|usage
 irouter agents                        irouter redis    (what `make run` starts)
 irouter init                          irouter providers (the provider worker `make run` starts)
 """
@@ -21,6 +22,7 @@ from api.requestlog import log
 from core.settings import DEFAULTS, Settings, SettingsError
 from registry.cli import CliError, backends, models
 from registry.db import database_url, init_db, make_engine
+from registry.keys_cli import keys
 
 
 @click.group()
@@ -35,6 +37,7 @@ def main() -> None:
 
 main.add_command(models)
 main.add_command(backends)
+main.add_command(keys)
 main.add_command(log)
 
 

@@ -215,6 +215,31 @@ OPERATIONS: dict[str, Operation] = {
     "admin.workers": Operation(
         "Every registered worker", {200: {JSON: ref(AdminList)}}, (*REDIS, 401, 403)
     ),
+    "admin.keys.list_all": Operation(
+        "Every API key (never a secret)", {200: {JSON: ref(AdminList)}}, (*COMMON, 401, 403)
+    ),
+    "admin.keys.create": Operation(
+        "Create an API key; the answer holds its secret, once",
+        {201: {JSON: {"type": "object"}}},
+        (*POSTED, 401, 409),
+    ),
+    "admin.keys.get_one": Operation(
+        "One API key", {200: {JSON: {"type": "object"}}}, (*COMMON, 401, 403, 404)
+    ),
+    "admin.keys.revoke": Operation(
+        "Revoke an API key", {200: {JSON: {"type": "object"}}}, (*POSTED, 401, 404)
+    ),
+    "admin.keys.rotate": Operation(
+        "A new secret for an API key, once", {200: {JSON: {"type": "object"}}}, (*POSTED, 401, 404)
+    ),
+    "admin.keys.usage": Operation(
+        "What an API key used, and its budget period's spend",
+        {200: {JSON: {"type": "object"}}},
+        (*COMMON, 401, 403, 404),
+        params=(
+            _param("query", "days", "How many days back (default 30).", pattern="^[1-9][0-9]*$"),
+        ),
+    ),
     "health.healthz": Operation("Liveness", {200: {JSON: ref(Health)}}),
     "health.readyz": Operation(
         "Readiness: Redis and the registry database",

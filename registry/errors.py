@@ -13,9 +13,13 @@ one-line message.
     ├── InvalidValueError        a number, name, URL, policy or fallback out of range
     └── ConcurrentChangeError    another process changed the same rows first
 
-The registry knows nothing of HTTP, and no API endpoint writes it: changes come from the
-`irouter` CLI (registry/cli.py), which prints any RegistryError as a one-line
-`Error: ...` and exits with status 2.
+registry.apikeys adds UnknownKeyError and DuplicateKeyError, for API keys.
+
+The registry knows nothing of HTTP. Models and backends change only through the `irouter`
+CLI (registry/cli.py), which prints any RegistryError as a one-line `Error: ...` and exits
+with status 2. API keys change through `irouter keys` too, and through the admin endpoints
+under /admin/keys (api/blueprints/keys.py), which answer a RegistryError with a 400, 404 or
+409 in OpenAI's error shape.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import asdict
 import orjson
 from flask import Blueprint, Response, current_app, request
 
+from api.blueprints import keys
 from api.http import json_response
 from api.services import services
 from tasks.health import backend_report
@@ -68,3 +69,6 @@ def workers() -> Response:
         for w in services().liveness.workers()
     ]
     return json_response({"object": "list", "data": data})
+
+
+bp.register_blueprint(keys.bp)  # /admin/keys, behind the guard above
