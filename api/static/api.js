@@ -1,9 +1,11 @@
 // Shared pieces of the web UI: DOM building (text only, never innerHTML with server data),
-// JSON calls to this API with OpenAI-shaped errors, and the browser-side list of recent jobs
-// that the playground records and the ops view shows (localStorage, so other tabs see it).
+// JSON calls to this API with OpenAI-shaped errors, the keys it is called with, and the
+// browser-side list of recent jobs that the playground records and the ops view shows
+// (localStorage, so other tabs see it).
 
 const JOBS_KEY = "irouter.jobs";
-const ADMIN_KEY = "irouter.adminKey";
+const API_KEY = "irouter.apiKey"; // localStorage: the playground keeps its key across visits
+const ADMIN_KEY = "irouter.adminKey"; // sessionStorage: the admin key lives as long as the tab
 const MAX_JOBS = 50;
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
 
@@ -38,19 +40,29 @@ function asError(status, body) {
   return { message, type: "api_connection_error", param: null, code: null };
 }
 
-export function adminKey() {
-  return localStorage.getItem(ADMIN_KEY) || "";
+function keep(storage, name, value) {
+  if (value) storage.setItem(name, value);
+  else storage.removeItem(name);
 }
 
-export function setAdminKey(key) {
-  if (key) localStorage.setItem(ADMIN_KEY, key);
-  else localStorage.removeItem(ADMIN_KEY);
-}
+/** The API key (`sk-ir-...`) sent to /v1, or "". */
+export const apiKey = () => localStorage.getItem(API_KEY) || "";
+export const setApiKey = (key) => keep(localStorage, API_KEY, key);
+/** The admin key (ROUTER_ADMIN_KEY) sent to /admin, or "". */
+export const adminKey = () => sessionStorage.getItem(ADMIN_KEY) || "";
+export const setAdminKey = (key) => keep(sessionStorage, ADMIN_KEY, key);
+localStorage.removeItem(ADMIN_KEY); // where earlier versions of this page kept it
 
-/** GET `path` as JSON; {body, date} where date is the server's clock (Date header, ms). */
+/** A key as the page shows it: its first characters only. */
+export const shortKey = (key) => `${key.slice(0, 10)}\u2026`;
+
+/** GET `path` as JSON; {body, date} where date is the server's clock (Date header, ms). The
+ * admin key goes to `admin` calls, the API key to /v1; a 401 from /v1 fires "api-key-needed"
+ * on window (detail: the key sent), for the playground to ask for a key. */
 export async function getJSON(path, { admin = false } = {}) {
   const headers = { Accept: "application/json" };
-  if (admin && adminKey()) headers.Authorization = `Bearer ${adminKey()}`;
+  const key = admin ? adminKey() : path.startsWith("/v1/") ? apiKey() : "";
+  if (key) headers.Authorization = `Bearer ${key}`;
   let resp;
   try {
     resp = await fetch(path, { headers, cache: "no-store" });
@@ -63,7 +75,11 @@ export async function getJSON(path, { admin = false } = {}) {
   } catch (exc) {
     body = null; // not JSON: reported below by status
   }
-  if (!resp.ok) throw new ApiError(resp.status, asError(resp.status, body));
+  if (!resp.ok) {
+    if (resp.status === 401 && !admin)
+      window.dispatchEvent(new CustomEvent("api-key-needed", { detail: key }));
+    throw new ApiError(resp.status, asError(resp.status, body));
+  }
   const date = Date.parse(resp.headers.get("date") || "") || Date.now();
   return { body, date };
 }

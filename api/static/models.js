@@ -21,12 +21,15 @@ function showModelInfo() {
   );
 }
 
+/** Reload the picker; a 401 leaves it as it is (the playground then asks for a key). */
 export async function loadModels() {
   let body;
   try {
     ({ body } = await getJSON("/v1/models"));
   } catch (exc) {
-    $("model-info").replaceChildren(errorBox(exc.error, exc.status));
+    if (exc.status === 401) $("model-info").textContent = "needs an API key";
+    else $("model-info").replaceChildren(errorBox(exc.error, exc.status));
+    delete $("model").dataset.signature; // so that the next answer redraws the info line
     return;
   }
   const select = $("model");
@@ -57,10 +60,11 @@ export async function loadModels() {
   showModelInfo();
 }
 
-/** Fill the picker now and keep it current while `shouldPoll()` says so. */
+/** Fill the picker now (the promise of that first load) and keep it current while
+ * `shouldPoll()` says so. */
 export function initModels(shouldPoll) {
   $("model").addEventListener("change", showModelInfo);
   $("refresh-models").addEventListener("click", loadModels);
-  loadModels();
   setInterval(() => shouldPoll() && !document.hidden && loadModels(), MODELS_EVERY_MS);
+  return loadModels();
 }

@@ -1,7 +1,8 @@
 // The ops view, refreshed every 2 s while shown: live workers (/admin/workers), backends
 // with circuit, queue depth and latency (/admin/backends), and the jobs this browser's
 // playground has run, their status confirmed by GET /v1/jobs/{id}. Nothing server-side is
-// added for it: the job list lives in localStorage.
+// added for it: the job list lives in localStorage. When /admin answers 401 (ROUTER_ADMIN_KEY
+// is set) it asks for the admin key and keeps it in sessionStorage, for this tab only.
 
 import {
   TERMINAL,
@@ -161,12 +162,12 @@ function showErrors(failures) {
     ...failures.map(([path, exc]) => {
       const err = exc.error || { message: String(exc), type: "ui_error", param: null, code: null };
       const el = errorBox({ ...err, message: `${path}: ${err.message}` }, exc.status || null);
-      if (exc.status === 401 || exc.status === 403)
+      if (exc.status === 403)
         el.append(
           h(
             "div",
             { class: "hint" },
-            "Set the admin key above (ROUTER_ADMIN_KEY), or open this page from the API's own host.",
+            "Open this page from the API's own host, or set ROUTER_ADMIN_KEY and enter it here.",
           ),
         );
       return el;
@@ -174,9 +175,22 @@ function showErrors(failures) {
   );
 }
 
+/** The admin endpoints refused the call (401): ask for the key, dropping one they refused. */
+function askForAdminKey() {
+  if (adminKey()) $("admin-refused").hidden = false;
+  useAdminKey("");
+  $("admin-form").hidden = false;
+}
+
+function useAdminKey(key) {
+  setAdminKey(key);
+  $("admin-forget").hidden = !key;
+}
+
 async function refresh(force = false) {
   if (inFlight || !visible() || document.hidden || (!force && $("ops-pause").checked)) return;
   inFlight = true;
+  const sent = adminKey();
   try {
     const [workers, backends] = await Promise.allSettled([
       getJSON("/admin/workers", { admin: true }),
@@ -188,7 +202,9 @@ async function refresh(force = false) {
     else failures.push(["/admin/workers", workers.reason]);
     if (backends.status === "fulfilled") renderBackends(backends.value);
     else failures.push(["/admin/backends", backends.reason]);
-    showErrors(failures);
+    const refused = failures.some(([, exc]) => exc.status === 401);
+    if (refused && adminKey() === sent) askForAdminKey(); // not if a new key came meanwhile
+    showErrors(failures.filter(([, exc]) => exc.status !== 401));
     renderJobs();
     $("ops-updated").textContent =
       `refreshed every 2 s \u00b7 last ${new Date().toLocaleTimeString()}`;
@@ -210,9 +226,17 @@ export function showOps() {
 /** Wire the ops view up; `isVisible()` says whether its tab is shown. */
 export function initOps(isVisible) {
   visible = isVisible;
-  $("admin-key").value = adminKey();
-  $("admin-key").addEventListener("change", (ev) => {
-    setAdminKey(ev.target.value.trim());
+  useAdminKey(adminKey());
+  $("admin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    useAdminKey($("admin-key").value.trim());
+    $("admin-key").value = "";
+    $("admin-form").hidden = true;
+    $("admin-refused").hidden = true;
+    refresh(true);
+  });
+  $("admin-forget").addEventListener("click", () => {
+    useAdminKey("");
     refresh(true);
   });
   $("jobs-clear").addEventListener("click", clearJobs);

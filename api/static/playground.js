@@ -1,14 +1,17 @@
 // The chat playground: a model picker from /v1/models, request settings, and answers
 // streamed over one WebSocket to /v1/ws. Per answer it shows backend, model, time to first
 // token, tokens/s and cache status; Stop sends {"type":"cancel"} and the job ends cancelled.
+// When the API wants a key (a 401 from /v1, or a socket refused) it asks for one and keeps it
+// in localStorage; with auth off it never asks.
 
-import { errorBox, fmtMs, h, saveJob } from "./api.js";
-import { initModels } from "./models.js";
+import { apiKey, errorBox, fmtMs, h, saveJob, setApiKey, shortKey } from "./api.js";
+import { initModels, loadModels } from "./models.js";
 
 const $ = (id) => document.getElementById(id);
 const CONNECT_TIMEOUT_MS = 5000;
 
 let socket = null; // the current WebSocket
+let keyNeeded = false; // the API wants a key we do not have: the key form is shown
 let opened = null; // resolves with `socket` once it is open
 let retryMs = 500;
 let current = null; // the answer being streamed, or null
@@ -17,12 +20,24 @@ let history = []; // this conversation: [{role, content}]
 function setWsState(state) {
   const pill = $("ws-status");
   pill.dataset.state = state;
-  pill.textContent = { open: "connected", connecting: "connecting", closed: "disconnected" }[state];
+  const text = { open: "connected", connecting: "connecting", closed: "disconnected" };
+  pill.textContent = { ...text, key: "needs API key" }[state];
 }
 
 function connect() {
+  if (keyNeeded) return;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/ws`);
+  const url = `${scheme}://${location.host}/v1/ws`;
+  // A browser cannot set headers on a WebSocket: the key goes as a subprotocol (the server
+  // selects "irouter"), never in the URL.
+  const key = apiKey();
+  let ws;
+  try {
+    ws = key ? new WebSocket(url, ["irouter", `irouter-key.${key}`]) : new WebSocket(url);
+  } catch (exc) {
+    askForKey(); // a key with characters a subprotocol cannot carry: not one of ours
+    return;
+  }
   socket = ws;
   setWsState("connecting");
   opened = new Promise((resolve, reject) => {
@@ -37,10 +52,14 @@ function connect() {
   ws.addEventListener("message", (ev) => {
     if (ws === socket) onMessage(ev.data);
   });
-  ws.addEventListener("close", () => {
+  ws.addEventListener("close", async () => {
     if (ws !== socket) return;
-    setWsState("closed");
+    setWsState(keyNeeded ? "key" : "closed");
     if (current) fail(current, "The WebSocket closed before the answer ended.");
+    // A socket refused for its key looks like any other closed one: /v1/models tells, and
+    // its 401 (missing, wrong or revoked key) asks for a key instead of reconnecting.
+    if (!keyNeeded) await loadModels();
+    if (ws !== socket || keyNeeded) return;
     setTimeout(() => socket === ws && connect(), retryMs);
     retryMs = Math.min(retryMs * 2, 8000);
   });
@@ -48,6 +67,7 @@ function connect() {
 
 /** The open socket, reconnecting now if the last one closed. */
 function ready() {
+  if (keyNeeded) return Promise.reject(new Error("no key"));
   if (!socket || socket.readyState >= WebSocket.CLOSING) connect();
   const late = new Promise((_, reject) =>
     setTimeout(() => reject(new Error("timeout")), CONNECT_TIMEOUT_MS),
@@ -126,6 +146,7 @@ function startAnswer(prompt) {
 
 function setRunning(running) {
   $("send").disabled = running;
+  $("key-forget").disabled = running;
   $("stop").disabled = !running;
   $("stop").textContent = "Stop";
 }
@@ -166,8 +187,11 @@ function onMessage(raw) {
   } catch (exc) {
     return; // the server sends only JSON; anything else is ignored
   }
-  const a = current;
-  if (!a) return;
+  if (current) onAnswerMessage(current, msg);
+  if (msg.type === "error" && msg.error?.code === "invalid_api_key") askForKey();
+}
+
+function onAnswerMessage(a, msg) {
   switch (msg.type) {
     case "job":
       a.job = msg;
@@ -252,7 +276,8 @@ async function send(ev) {
     a.t0 = performance.now();
     ws.send(JSON.stringify(body));
   } catch (exc) {
-    if (current === a) fail(a, "Could not open the WebSocket to /v1/ws.");
+    if (current !== a) return;
+    fail(a, keyNeeded ? "Enter an API key first." : "Could not open the WebSocket to /v1/ws.");
   }
 }
 
@@ -270,6 +295,39 @@ function clearConversation() {
   $("transcript").replaceChildren(h("p", { class: "empty" }, "New conversation."));
 }
 
+function showKey() {
+  const key = apiKey();
+  $("key-info").hidden = !key;
+  $("key-shown").textContent = key ? shortKey(key) : "";
+}
+
+/** The API wants a key: drop the one it refused (if any), show the form, close the socket. */
+function askForKey() {
+  if (keyNeeded) return;
+  keyNeeded = true;
+  $("key-refused").hidden = !apiKey();
+  setApiKey("");
+  showKey();
+  $("key-form").hidden = false;
+  $("api-key").focus();
+  setWsState("key");
+  socket?.close();
+}
+
+/** Use `key` from now on ("": none), reloading the models and reopening the socket with it. */
+function useKey(key) {
+  setApiKey(key);
+  showKey();
+  keyNeeded = false;
+  $("key-form").hidden = true;
+  const old = socket;
+  socket = null; // so that its close is not taken for a failure
+  old?.close();
+  retryMs = 500;
+  setWsState("connecting");
+  loadModels().then(() => socket || connect());
+}
+
 /** Wire the playground up; `visible()` says whether its tab is shown (for polling). */
 export function initPlayground(visible) {
   $("composer").addEventListener("submit", send);
@@ -278,6 +336,14 @@ export function initPlayground(visible) {
   });
   $("stop").addEventListener("click", stop);
   $("clear").addEventListener("click", clearConversation);
-  initModels(() => visible() && !current);
-  connect();
+  $("key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    useKey($("api-key").value.trim());
+    $("api-key").value = "";
+  });
+  $("key-forget").addEventListener("click", () => useKey(""));
+  // A 401 to a key other than the current one (changed meanwhile) is stale: ignored.
+  window.addEventListener("api-key-needed", (ev) => ev.detail === apiKey() && askForKey());
+  showKey();
+  initModels(() => visible() && !current && !keyNeeded).then(() => connect());
 }
