@@ -61,13 +61,25 @@ def helm_module() -> Any:
     )
 
 
-def render_chart(values: Mapping[str, Any] | None = None) -> list[Manifest]:
-    """Every Kubernetes object the chart renders with `values` over its defaults, after
-    checking `values` against values.schema.json as `helm install` would."""
+def render_files(
+    values: Mapping[str, Any] | None = None, chart_dir: Path = CHART
+) -> dict[str, str]:
+    """Template path -> text, NOTES.txt included, of the chart rendered with `values` over
+    its defaults, after checking `values` against values.schema.json as `helm install`
+    would. Offline: `lookup` finds nothing, as on a first install."""
     helm = helm_module()
-    with helm.Chart.load(str(CHART)) as chart:
+    with helm.Chart.load(str(chart_dir)) as chart:
         chart.validate_schema(dict(values or {}))
-        files = chart.render(dict(values or {}), name=RELEASE, namespace=NAMESPACE)
+        files: dict[str, str] = chart.render(dict(values or {}), name=RELEASE, namespace=NAMESPACE)
+    return files
+
+
+def render_chart(
+    values: Mapping[str, Any] | None = None, chart_dir: Path = CHART
+) -> list[Manifest]:
+    """Every Kubernetes object the chart renders with `values` over its defaults (see
+    render_files)."""
+    files = render_files(values, chart_dir)
     docs: list[Manifest] = []
     for path, text in sorted(files.items()):
         if path.endswith((".yaml", ".yml")):
@@ -147,7 +159,10 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
                 "enabled": ["openai", "anthropic"],
                 "keys": {"OPENAI_API_KEY": "sk-test-openai", "ANTHROPIC_API_KEY": "sk-ant-test"},
             },
-            "api": {"adminKey": "admin-test", "persistence": {"enabled": True}},
+            "api": {
+                "adminKey": {"value": "admin-test-key-0123"},
+                "persistence": {"enabled": True},
+            },
             "ingress": {
                 "enabled": True,
                 "className": "nginx",
@@ -168,6 +183,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
             }
         },
         "providers": {"existingSecret": "provider-keys", "enabled": ["google"]},
+        "api": {"adminKey": {"existingSecret": "router-admin", "secretKey": "admin-key"}},
     },
-    "keda off": lambda: {"keda": {"enabled": False}},
+    "keda off": lambda: {"keda": {"enabled": False}, "api": {"auth": "auto"}},
 }

@@ -3,8 +3,9 @@
 The file passes the Compose specification's JSON schema as check-jsonschema ships it
 (`--builtin-schema vendor.compose-spec`, no network); then what the stack must do is read
 from it: Redis durable and healthy before anything starts, the API's health check, the
-worker queues, Flower on loopback, keys kept out of the API. Docker itself is not on these
-machines, so the stack is not started here.
+worker queues, Flower on loopback, keys kept out of the API, API keys required and an
+admin key demanded. Neither Docker's engine nor its compose plugin is on these machines, so
+the stack is neither started nor interpolated by `docker compose config` here.
 """
 
 from __future__ import annotations
@@ -113,6 +114,24 @@ def test_keys_go_to_the_workers_and_only_a_flag_to_the_api(compose: dict[str, An
     for name in ("flower", "local-cpu", "redis"):
         assert not set(services[name].get("environment", {})) & set(KEY_VARS.values())
     assert "x-session-token" in api_env["ROUTER_FORWARD_HEADERS"]
+
+
+def test_api_requires_api_keys_and_an_admin_key(compose: dict[str, Any]) -> None:
+    """Keys on /v1 unless .env says otherwise, and no stack without an admin key: compose
+    refuses to start (`:?`) while ROUTER_ADMIN_KEY is unset or empty, as .env.example
+    leaves it. Only the API gets either variable."""
+    services = compose["services"]
+    api_env = services["api"]["environment"]
+    assert api_env["ROUTER_AUTH"] == "${ROUTER_AUTH:-required}"
+    admin = api_env["ROUTER_ADMIN_KEY"]
+    assert admin.startswith("${ROUTER_ADMIN_KEY:?") and admin.endswith("}")
+    assert "set ROUTER_ADMIN_KEY in .env" in admin
+    for name, svc in services.items():
+        if name != "api":
+            assert not {"ROUTER_AUTH", "ROUTER_ADMIN_KEY"} & set(svc.get("environment", {}))
+    example = (ROOT / ".env.example").read_text()
+    declared = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", example, flags=re.M))
+    assert declared["ROUTER_ADMIN_KEY"] == "" and declared["ROUTER_AUTH"] in ("", "required")
 
 
 def test_flower_is_on_loopback_unless_given_basic_auth(compose: dict[str, Any]) -> None:

@@ -7,13 +7,15 @@
   models `cloudcoil-models-keda` generates from KEDA 2.16's CRD schemas, with a round trip
   that catches fields the schema would prune, and their scaling wiring is checked by hand.
 - Then what the deployment must do: one ScaledObject per worker Deployment on its queues'
-  lists, keys only as env from a Secret, llm-d registered with its session header.
+  lists, keys only as env from a Secret, llm-d registered with its session header, API keys
+  required and the admin key from a Secret (given, or generated and kept on upgrade).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from tests.infra.conftest import (
     helm_module,
     load_yaml,
     render_chart,
+    render_files,
 )
 
 KUBE_VERSIONS = ("1.29", "1.37")  # Chart.yaml's kubeVersion floor, and the newest schemas
@@ -180,7 +183,7 @@ def test_keys_are_env_from_a_secret_only(rendered: tuple[str, list[Manifest]]) -
     if name == "everything on":
         data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
         assert data["OPENAI_API_KEY"] == "sk-test-openai"
-        assert data["ROUTER_ADMIN_KEY"] == "admin-test"
+        assert data["ROUTER_ADMIN_KEY"] == "admin-test-key-0123"
         flat = str([d for d in docs if d["kind"] != "Secret"])
         assert "sk-test-openai" not in flat and "sk-ant-test" not in flat
 
@@ -235,6 +238,105 @@ def test_flower_basic_auth_comes_from_a_secret() -> None:
     assert by_kind(docs, "Service")[f"{FULLNAME}-flower"]["spec"]["type"] == "ClusterIP"
 
 
+def _admin_key_env(docs: list[Manifest]) -> list[dict[str, Any]]:
+    """ROUTER_AUTH and ROUTER_ADMIN_KEY of the API container, after checking that its
+    registry init container gets the same."""
+    deployment = by_kind(docs, "Deployment")[f"{FULLNAME}-api"]
+    api = container_env(deployment, "api")
+    init_env = deployment["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    init = {e["name"]: e for e in init_env}
+    names = ("ROUTER_AUTH", "ROUTER_ADMIN_KEY")
+    assert [init[n] for n in names] == [api[n] for n in names]
+    return [api[n] for n in names]
+
+
+def _secret_data(docs: list[Manifest]) -> dict[str, str]:
+    data = by_kind(docs, "Secret")[FULLNAME]["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def test_api_requires_keys_with_a_generated_admin_key_by_default() -> None:
+    docs = render_chart()
+    auth, admin = _admin_key_env(docs)
+    assert auth == {"name": "ROUTER_AUTH", "value": "required"}
+    ref = admin["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": FULLNAME, "key": "ROUTER_ADMIN_KEY"} and "value" not in admin
+    generated = _secret_data(docs)["ROUTER_ADMIN_KEY"]
+    assert len(generated) == 48 and generated.isalnum() and generated.isascii()
+    assert generated != _secret_data(render_chart())["ROUTER_ADMIN_KEY"], "not random"
+    for workload in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "StatefulSet").values()]:
+        if not workload["metadata"]["name"].endswith("-api"):
+            assert "ROUTER_ADMIN_KEY" not in container_env(workload), "the API's key only"
+    auto = render_chart({"api": {"auth": "auto"}})
+    assert _admin_key_env(auto)[0] == {"name": "ROUTER_AUTH", "value": "auto"}
+
+
+def test_admin_key_from_an_existing_secret() -> None:
+    values = {"api": {"adminKey": {"existingSecret": "router-admin", "secretKey": "admin.key"}}}
+    files = render_files(values)
+    docs = render_chart(values)
+    _, admin = _admin_key_env(docs)
+    assert admin["valueFrom"]["secretKeyRef"] == {"name": "router-admin", "key": "admin.key"}
+    assert "ROUTER_ADMIN_KEY" not in _secret_data(docs), "no key of the chart's own"
+    notes = files[f"{CHART.name}/templates/NOTES.txt"]
+    assert "get secret router-admin -o jsonpath='{.data.admin\\.key}'" in notes
+
+
+def test_a_generated_admin_key_is_kept_on_upgrade(tmp_path: Path) -> None:
+    """On upgrade the chart reads the key back from its Secret in the cluster. Rendering is
+    offline here (`lookup` finds nothing), so a copy of the chart gets, in place of the
+    lookup, the Secret as the cluster would return it."""
+    chart = tmp_path / CHART.name
+    shutil.copytree(CHART, chart)
+    helpers = chart / "templates" / "_helpers.tpl"
+    call = (
+        'lookup "v1" "Secret" $ctx.Release.Namespace (include "inference-router.secretName" $ctx)'
+    )
+    text = helpers.read_text()
+    assert text.count(call) == 1
+    helpers.write_text(text.replace(call, "$ctx.Values.clusterSecret"))
+    old = "kept-from-the-first-install-0123456789"
+    cluster = {"data": {"ROUTER_ADMIN_KEY": base64.b64encode(old.encode()).decode()}}
+    assert _secret_data(render_chart({"clusterSecret": cluster}, chart))["ROUTER_ADMIN_KEY"] == old
+    given = {"clusterSecret": cluster, "api": {"adminKey": {"value": "a-new-key-given-here"}}}
+    assert _secret_data(render_chart(given, chart))["ROUTER_ADMIN_KEY"] == "a-new-key-given-here"
+    fresh = _secret_data(render_chart({"clusterSecret": {}}, chart))["ROUTER_ADMIN_KEY"]
+    assert len(fresh) == 48 and fresh != old
+
+
+@pytest.mark.parametrize(
+    ("values", "warning"),
+    [
+        ({}, "emptyDir"),
+        ({"api": {"persistence": {"enabled": True}}}, None),
+        ({"api": {"replicas": 2, "databaseUrl": "postgresql://db/router"}}, None),
+        (
+            {
+                "api": {
+                    "replicas": 2,
+                    "persistence": {"enabled": True, "accessModes": ["ReadWriteMany"]},
+                }
+            },
+            "own registry",
+        ),
+        ({"api": {"auth": "off"}}, None),
+    ],
+)
+def test_notes_say_how_to_make_keys_and_where_they_would_be_lost(
+    values: dict[str, Any], warning: str | None
+) -> None:
+    notes = render_files(values)[f"{CHART.name}/templates/NOTES.txt"]
+    auth_on = values.get("api", {}).get("auth", "required") != "off"
+    assert ("/admin/keys" in notes) == auth_on
+    assert ("irouter keys create" in notes) == auth_on
+    assert ('-H "Authorization: Bearer $ROUTER_ADMIN_KEY"' in notes) == auth_on
+    assert f"get secret {FULLNAME} -o jsonpath='{{.data.ROUTER_ADMIN_KEY}}'" in notes
+    if warning is None:
+        assert "WARNING" not in notes
+    else:
+        assert "WARNING" in notes and warning in notes
+
+
 def test_registry_commands_run_before_the_api() -> None:
     docs = render_chart(SCENARIOS["everything on"]())
     script = by_kind(docs, "ConfigMap")[f"{FULLNAME}-registry"]["data"]["registry-init.sh"]
@@ -254,6 +356,14 @@ def test_registry_commands_run_before_the_api() -> None:
         ({"redis": {"bundled": False}}, "redis.external"),
         ({"providers": {"enabled": ["nope"]}}, "enabled"),
         ({"api": {"replicas": 2, "persistence": {"enabled": True}}}, "ReadWriteOnce"),
+        ({"api": {"auth": "on"}}, "auth"),
+        ({"api": {"adminKey": "a-key-of-sixteen-or-more"}}, "adminKey"),
+        ({"api": {"adminKey": {"value": "too-short"}}}, "adminKey/value"),
+        ({"api": {"adminKey": {"existingSecret": "s", "secretKey": ""}}}, "secretKey"),
+        (
+            {"api": {"adminKey": {"existingSecret": "s", "value": "sixteen-chars-or-more"}}},
+            "not both",
+        ),
     ],
 )
 def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:

@@ -69,7 +69,8 @@ llm-d: LLMD_API_KEY
 
 {{/*
 A value kept in the chart's Secret: the one given, else the one the Secret already holds
-(so upgrades keep it), else a new random one after `prefix`. (list $ "KEY" given prefix)
+(so upgrades keep it), else `prefix` and a new random one of `length` letters and digits
+(32 when not given). (list $ "KEY" given prefix [length])
 */}}
 {{- define "inference-router.kept" -}}
 {{- $ctx := index . 0 }}
@@ -83,7 +84,11 @@ A value kept in the chart's Secret: the one given, else the one the Secret alrea
 {{- if $old }}
 {{- $old | b64dec }}
 {{- else }}
-{{- printf "%s%s" (index . 3) (randAlphaNum 32) }}
+{{- $length := 32 }}
+{{- if gt (len .) 4 }}
+{{- $length = index . 4 }}
+{{- end }}
+{{- printf "%s%s" (index . 3) (randAlphaNum (int $length)) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -114,11 +119,18 @@ A value kept in the chart's Secret: the one given, else the one the Secret alrea
 {{- include "inference-router.redisEnv" . }}
 - name: DATABASE_URL
   value: {{ default "sqlite:////data/router.db" .Values.api.databaseUrl | quote }}
+- name: ROUTER_AUTH
+  value: {{ .Values.api.auth | quote }}
 - name: ROUTER_ADMIN_KEY
   valueFrom:
     secretKeyRef:
+      {{- with .Values.api.adminKey.existingSecret }}
+      name: {{ . }}
+      key: {{ $.Values.api.adminKey.secretKey }}
+      {{- else }}
       name: {{ include "inference-router.secretName" . }}
       key: ROUTER_ADMIN_KEY
+      {{- end }}
 - name: ROUTER_FORWARD_HEADERS
   value: {{ .Values.llmd.forwardHeaders | quote }}
 {{- /* bound to 0.0.0.0: any Host name, unless api.allowedHosts narrows it (plus localhost,
