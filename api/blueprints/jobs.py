@@ -86,7 +86,7 @@ def create_job() -> Response:
             idempotency_key=key,
             digest=body_digest(request.get_data()),
             headers=request.headers.items(),
-            size=request.content_length or 0,
+            size=len(request.get_data()),
         )
     except IdempotencyConflict:
         raise ConflictError(

@@ -32,7 +32,7 @@ def chat_completions() -> Response:
             req,
             headers=request.headers.items(),
             client=client,
-            size=request.content_length or 0,
+            size=len(request.get_data()),
         )
         headers = route_headers(started.sub)
         if not req.stream:

@@ -57,6 +57,11 @@ def server_options(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _size(raw: str | bytes) -> int:
+    """A message's bytes (what the budget's worst case is priced at: api/tenancy.py)."""
+    return len(raw.encode() if isinstance(raw, str) else raw)
+
+
 def _send(ws: Any, body: dict[str, Any]) -> None:
     ws.send(orjson.dumps(body).decode())
 
@@ -182,7 +187,7 @@ def chat_socket(ws: Any) -> None:
             completion = begin(service, req.model)  # recorded once: api/accounting.py
             client = request_client(service, watch=False)  # the socket's end cancels it
             sub = completion.submit(
-                service, req, headers=request.headers.items(), client=client, size=len(raw)
+                service, req, headers=request.headers.items(), client=client, size=_size(raw)
             )
         except orjson.JSONDecodeError:
             _send_error(ws, InvalidRequestError("Messages must be JSON objects."))
