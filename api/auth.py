@@ -147,21 +147,29 @@ class Gate:
 
 
 def _is_websocket() -> bool:
-    return request.headers.get("Upgrade", "").strip().lower() == "websocket"
+    """Whether the request is a WebSocket handshake on a WebSocket route: routing matched a
+    websocket rule (werkzeug matches one only for `Upgrade: websocket` with `Connection:
+    upgrade`). Never the Upgrade header alone: any HTTP route would then run keyless."""
+    rule = request.url_rule
+    return rule is not None and bool(rule.websocket)
 
 
 def current_caller() -> Caller:
-    """The caller of the current request (anyone outside a request)."""
+    """The caller of the current request (anyone outside a request). A WebSocket whose
+    handshake brought no key has none until socket_caller reads its first message: never
+    anyone's rights before that."""
     if not has_request_context():
         return ANYONE
     found: Caller = g.get("caller") or ANYONE
+    if found is PENDING:
+        raise InvalidApiKey("Authenticate before sending requests on this socket.")
     return found
 
 
 def socket_caller(ws: Any, gate: Gate) -> Caller:
     """The caller of a WebSocket: settled at the handshake, or by its first message, which
     must then be {"type": "auth", "key": ...}; anything else is refused with 401."""
-    caller = current_caller()
+    caller: Caller = g.get("caller") or ANYONE
     if caller is not PENDING:
         return caller
     raw = ws.receive(timeout=FIRST_MESSAGE_WAIT)

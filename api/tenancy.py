@@ -18,9 +18,9 @@ import math
 import time
 
 import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 
-from api.auth import Caller, current_caller
+from api.auth import Caller
 from api.routing import chain
 from api.schemas import ChatCompletionRequest
 from api.services import Services
@@ -128,14 +128,14 @@ def _window_headers(resp: Response, name: str, window: Window | None) -> None:
 def ratelimit_headers(services: Services, resp: Response) -> Response:
     """Add x-ratelimit-* to a /v1 response of a key with RPM or TPM limits: as admission
     left them, or as the buckets stand now (one read) for a request that admitted nothing."""
-    caller = current_caller()
-    key = caller.key
-    if key is None or (key.rpm is None and key.tpm is None) or not request.path.startswith("/v1/"):
+    caller: Caller | None = g.get("caller")  # set by api/auth.py on every /v1 request
+    key = caller.key if caller is not None else None
+    if key is None or (key.rpm is None and key.tpm is None):
         return resp
     found: Admission | None = g.get("ratelimit")
     if found is None:
         try:
-            found = services.tenants.admit(caller.name, limits(key), 0, 0, "", 0, reserve=False)
+            found = services.tenants.admit(key.name, limits(key), 0, 0, "", 0, reserve=False)
         except redis.RedisError:
             return resp  # the response matters more than its headers
 
