@@ -212,7 +212,7 @@ class JobStore:
         """Cancel; returns the status after the call (None for an unknown job)."""
         res = self._cancel(
             keys=[keys.job_key(job_id), keys.events_key(job_id)],
-            args=[self.job_ttl, job_id, keys.PREFIX],
+            args=[self.job_ttl, job_id, keys.PREFIX, self.ahead],
         )
         return None if res == "missing" else JobStatus(res)
 

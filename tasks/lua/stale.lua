@@ -1,9 +1,11 @@
+-- include: release
 -- Jobs queued for over ARGV[2] seconds whose queue has no message waiting: their delivery
 -- was lost (a worker that had reserved it died; the broker connection dropped while it was
 -- in flight). Returns them flat (job id, queue, attempt) to be published again, and moves
 -- them to the back of their index. Entries of jobs no longer queued are dropped; a
 -- synchronous job whose API process (its owner) is gone is cancelled, never published again,
--- and loses its request body (nothing reads it after the end).
+-- and loses its request body (nothing reads it after the end) and its tenant's max-parallel
+-- slot (release.lua).
 -- KEYS[1] API processes zset, KEYS[2..] backlog indexes of the queues to look at
 -- ARGV[1] key prefix, ARGV[2] age (s), ARGV[3] most per pass, ARGV[4] job ttl (s)
 local t = redis.call('TIME')
@@ -23,6 +25,7 @@ for i = 2, #KEYS do
       redis.call('ZREM', KEYS[i], j)
     elseif owner and (not alive or tonumber(alive) < now) then
       redis.call('ZREM', KEYS[i], j)
+      ended(ARGV[1], redis.call('HGET', h, 'tenant'), j)
       redis.call('HDEL', h, 'request')
       redis.call('HSET', h, 'status', 'cancelled', 'cancel', '1', 'finished', stamp)
       redis.call('XADD', h .. ':events', '*', 'type', 'cancelled')
