@@ -15,7 +15,7 @@ import orjson
 from core.ttl import TTLCache
 from registry.queries import DeploymentInfo
 from tasks.health import BackendHealth, BackendStats
-from tasks.jobs import JobStore
+from tasks.jobs import ANONYMOUS, JobStore
 from tasks.liveness import Liveness
 
 T = TypeVar("T")
@@ -46,9 +46,14 @@ class LoadView:
         found: T = self._cache.get_or_build(key, build)
         return found
 
-    def depth(self, queue: str) -> int:
-        """Jobs accepted on `queue` and not started yet."""
-        return self._cached(f"backlog:{queue}", lambda: self.jobs.backlog(queue))
+    def depth(self, queue: str, tenant: str | None = None) -> int:
+        """Jobs accepted on `queue` and not started yet: all of them, or `tenant`'s (the API
+        key whose share of the queue limit they count against)."""
+        return self._cached(f"backlog:{queue}:{tenant}", lambda: self.jobs.backlog(queue, tenant))
+
+    def turns(self, queue: str) -> int:
+        """API keys with jobs held on `queue`, taking turns (tasks/lua/release.lua)."""
+        return self._cached(f"turns:{queue}", lambda: self.jobs.turns(queue))
 
     def load(self, d: DeploymentInfo) -> tuple[int, int]:
         """(jobs of `d`'s backend running, capacity) over the live workers of its queue."""
@@ -89,11 +94,14 @@ class LoadView:
     def ttft(self, backend: str) -> float:
         return float(self.stats(backend).ttft_p50 or 0.0)
 
-    def queue_wait(self, d: DeploymentInfo) -> float:
-        """Seconds a job sent to deployment `d` now would wait before a worker starts it:
-        the backlog times the backend's recent service time over the queue's live capacity
-        (0 while the backend has no recent record)."""
-        waiting = self.depth(d.queue)
+    def queue_wait(self, d: DeploymentInfo, tenant: str = ANONYMOUS) -> float:
+        """Seconds a job of `tenant` sent to deployment `d` now would wait before a worker
+        starts it: the jobs ahead of it times the backend's recent service time over the
+        queue's live capacity (0 while the backend has no recent record). Keys take turns,
+        so ahead of it are its own waiting jobs and, at most as many again (plus one) for
+        every other key with jobs held, never more than the whole backlog."""
+        own, keys = self.depth(d.queue, tenant), self.turns(d.queue)
+        waiting = min(self.depth(d.queue), (own + 1) * max(keys, 1))
         service = self.service_time(d.backend)
         if not waiting or not service:
             return 0.0

@@ -26,6 +26,7 @@ from api.load import LoadView
 from core.kinds import announces
 from registry.queries import DeploymentInfo, ModelRoute, Snapshot
 from tasks.health import BackendHealth, Verdict
+from tasks.jobs import ANONYMOUS
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,11 @@ class Refusal:
 @dataclass(frozen=True)
 class Budget:
     """How long a request may wait: in its queue before a worker starts it, and in all
-    (the client's own timeout, when it said one)."""
+    (the client's own timeout, when it said one); and whose turn it waits for."""
 
     queue: float = math.inf
     total: float | None = None
+    tenant: str = ANONYMOUS  # the API key whose share of each queue the job waits in
 
 
 UNBOUNDED = Budget()
@@ -139,8 +141,8 @@ class Picker:
         a request through as a half-open probe is a commitment to send it."""
         if not self.live.any_target(d.kind, d.queue, d.upstream):
             return self._no_worker(d)
-        if self.queue_limit and self.load.depth(d.queue) >= self.queue_limit:
-            return queue_full(d.queue, self.queue_limit, self.load.queue_wait(d))
+        if self.queue_limit and self.load.depth(d.queue, budget.tenant) >= self.queue_limit:
+            return queue_full(d.queue, self.queue_limit, self.load.queue_wait(d, budget.tenant))
         overload = self._overloaded(d, budget)
         if overload is not None:
             return overload
@@ -177,7 +179,7 @@ class Picker:
         if math.isinf(limit):
             return None
         limit = max(limit, 0.0)
-        wait = self.load.queue_wait(d)
+        wait = self.load.queue_wait(d, budget.tenant)
         if wait <= limit:
             return None
         return Refusal(

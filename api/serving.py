@@ -105,10 +105,12 @@ class ChatService:
 
     def budget(self, client: Client | None) -> Budget:
         """A synchronous request may queue for QUEUE_TIMEOUT and must fit its client's own
-        timeout; a durable job (no client) only has to start before it would expire."""
+        timeout; a durable job (no client) only has to start before it would expire. Either
+        waits in its API key's share of the queue."""
+        tenant = current_caller().name
         if client is None:
-            return Budget(queue=self.timeout)
-        return Budget(queue=self.queue_timeout or math.inf, total=client.patience)
+            return Budget(queue=self.timeout, tenant=tenant)
+        return Budget(queue=self.queue_timeout or math.inf, total=client.patience, tenant=tenant)
 
     def resolve(self, model: str) -> ModelRoute:
         """Registry lookup by id or alias; 404 model_not_found like OpenAI, for a model the

@@ -222,10 +222,15 @@ class JobStore:
         if queues:
             self._dispatch(keys=[], args=[keys.PREFIX, self.ahead, *queues])
 
-    def backlog(self, queue: str) -> int:
-        """How many jobs on `queue` were accepted and not started yet (whether their message
-        still waits in Redis or a worker has reserved it)."""
-        return int(self.redis.zcard(keys.queued_key(queue)))
+    def backlog(self, queue: str, tenant: str | None = None) -> int:
+        """How many jobs on `queue` were accepted and not started yet (held, their message
+        waiting in Redis, or reserved by a worker): all of them, or `tenant`'s."""
+        index = keys.queued_key(queue) if tenant is None else keys.tenant_queued_key(queue, tenant)
+        return int(self.redis.zcard(index))
+
+    def turns(self, queue: str) -> int:
+        """How many tenants have jobs held on `queue` (release.lua serves them in turn)."""
+        return int(self.redis.llen(keys.ring_key(queue)))
 
     def stops(self, worker_id: str, job_ids: list[str]) -> list[str]:
         """Which of this worker's running jobs must stop now: cancelled, taken over by a

@@ -17,6 +17,7 @@ Key layout (all under the `router:` prefix so one Redis can be shared):
     router:accounting:{api}       hash    job id -> what the completion's record needs, while
                                           that API process owes it (api/ledger.py)
     router:accounting:apis        set     API processes holding a ledger
+    router:queue:{q}:queued:{t}   zset    the same, for one tenant (API key): its queue share
     router:queue:{q}:ring         list    API keys (tenants) with jobs held on the queue, in the
                                           order they are served (tasks/lua/release.lua)
     router:queue:{q}:held:{t}     list    a tenant's jobs held back on the queue, oldest last
@@ -87,6 +88,11 @@ def queued_key(queue: str) -> str:
     The Lua scripts build the same name from PREFIX (tests/tasks/test_lua_keys.py ties
     every name a script builds to this module)."""
     return f"{PREFIX}:queue:{queue}:queued"
+
+
+def tenant_queued_key(queue: str, tenant: str) -> str:
+    """A tenant's own backlog on `queue`: its share of the queue limit (create.lua)."""
+    return f"{queued_key(queue)}:{tenant}"
 
 
 def model_workers_key(queue: str, model: str) -> str:

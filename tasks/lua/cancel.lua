@@ -16,7 +16,7 @@ if status == 'queued' then redis.call('HDEL', KEYS[1], 'request', 'message') end
 redis.call('HSET', KEYS[1], 'cancel', '1')
 if status == 'queued' then
   local queue = redis.call('HGET', KEYS[1], 'queue')
-  redis.call('ZREM', ARGV[3] .. ':queue:' .. queue .. ':queued', ARGV[2])
+  unqueue(ARGV[3], queue, ARGV[2])
   ended(ARGV[3], redis.call('HGET', KEYS[1], 'tenant'), ARGV[2])
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))

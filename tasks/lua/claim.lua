@@ -19,7 +19,7 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then ret
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {'stale'} end
 if status == 'running' then return {'duplicate'} end
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-redis.call('ZREM', ARGV[5] .. ':queue:' .. queue .. ':queued', ARGV[4])
+unqueue(ARGV[5], queue, ARGV[4])
 local reason = nil
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then
   reason = 'cancelled'

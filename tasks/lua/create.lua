@@ -6,10 +6,11 @@
 -- KEYS[1] job hash, KEYS[2] idempotency key ('' when none), KEYS[3] the queue's backlog
 -- index, KEYS[4] the queue's list ('' to dispatch nothing)
 -- ARGV[1] job ttl (s), ARGV[2] idempotency ttl (s), ARGV[3] body digest, ARGV[4] the task
--- message, ARGV[5] most jobs waiting in the backlog (0: no limit), ARGV[6] key prefix,
+-- message, ARGV[5] most jobs of the tenant waiting in the backlog (0: no limit; each tenant
+-- has its own share, so one key's backlog never refuses another's job), ARGV[6] key prefix,
 -- ARGV[7] the job's tenant (its API key's name), ARGV[8] the tenant's max-parallel (0: none),
 -- ARGV[9] task messages the list may hold ahead of workers, ARGV[10..] field/value pairs
--- Returns {'created'}, {'exists', job id, digest} or {'full', jobs waiting}.
+-- Returns {'created'}, {'exists', job id, digest} or {'full', the tenant's jobs waiting}.
 if KEYS[2] ~= '' then
   local prior = redis.call('GET', KEYS[2])
   if prior then
@@ -18,15 +19,20 @@ if KEYS[2] ~= '' then
   end
 end
 local limit = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local share = KEYS[3] .. ':' .. ARGV[7] -- the tenant's own backlog on this queue
 if limit > 0 then
-  local waiting = redis.call('ZCARD', KEYS[3])
+  -- entries of jobs that vanished unseen (their hash expired) leave after a day
+  redis.call('ZREMRANGEBYSCORE', share, '-inf', tonumber(t[1]) - 86400)
+  local waiting = redis.call('ZCARD', share)
   if waiting >= limit then return {'full', waiting} end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
 local id = redis.call('HGET', KEYS[1], 'id')
-redis.call('ZADD', KEYS[3], t[1] .. '.' .. string.format('%06d', tonumber(t[2])), id)
+local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('ZADD', KEYS[3], stamp, id)
+redis.call('ZADD', share, stamp, id)
 if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], id .. '|' .. ARGV[3], 'EX', ARGV[2])
 end

@@ -1,3 +1,4 @@
+-- include: release
 -- Requeue the running jobs of workers whose heartbeat expired, then forget those workers.
 -- KEYS[1] workers zset; ARGV[1] key prefix, ARGV[2] most workers per pass.
 -- Returns a flat list: job id, queue, new attempt, job id, queue, new attempt, ...
@@ -13,8 +14,7 @@ for _, w in ipairs(dead) do
       local attempt = redis.call('HINCRBY', h, 'attempt', 1)
       local queue = redis.call('HGET', h, 'queue')
       redis.call('HSET', h, 'status', 'queued', 'worker', '')
-      redis.call('ZADD', ARGV[1] .. ':queue:' .. queue .. ':queued',
-        t[1] .. '.' .. string.format('%06d', tonumber(t[2])), j)
+      enqueue(ARGV[1], queue, j, t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
       table.insert(out, j)
       table.insert(out, queue)
       table.insert(out, tostring(attempt))

@@ -42,6 +42,22 @@ local function release(prefix, queue, ahead, now)
   end
 end
 
+-- A job leaves its queue's backlog (started, cancelled, dropped): out of the queue's index and
+-- out of its tenant's, <prefix>:queue:<q>:queued:<t>, which counts the tenant's share of the
+-- queue limit. Its tenant is read before the caller changes anything.
+local function unqueue(prefix, queue, job)
+  redis.call('ZREM', prefix .. ':queue:' .. queue .. ':queued', job)
+  local tenant = redis.call('HGET', prefix .. ':job:' .. job, 'tenant')
+  if tenant then redis.call('ZREM', prefix .. ':queue:' .. queue .. ':queued:' .. tenant, job) end
+end
+
+-- A job (back) in its queue's backlog, queued at `stamp`.
+local function enqueue(prefix, queue, job, stamp)
+  redis.call('ZADD', prefix .. ':queue:' .. queue .. ':queued', stamp, job)
+  local tenant = redis.call('HGET', prefix .. ':job:' .. job, 'tenant')
+  if tenant then redis.call('ZADD', prefix .. ':queue:' .. queue .. ':queued:' .. tenant, stamp, job) end
+end
+
 -- A job of `tenant` no longer runs (ended, cancelled, dropped): it frees a max-parallel slot.
 local function ended(prefix, tenant, job)
   if tenant and tenant ~= '' then

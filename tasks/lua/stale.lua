@@ -21,10 +21,12 @@ for i = 2, #KEYS do
     local status = redis.call('HGET', h, 'status')
     local owner = redis.call('HGET', h, 'owner')
     local alive = owner and redis.call('ZSCORE', KEYS[1], owner)
+    local queue = redis.call('HGET', h, 'queue')
     if status ~= 'queued' then
       redis.call('ZREM', KEYS[i], j)
+      if queue then unqueue(ARGV[1], queue, j) end
     elseif owner and (not alive or tonumber(alive) < now) then
-      redis.call('ZREM', KEYS[i], j)
+      unqueue(ARGV[1], queue, j)
       ended(ARGV[1], redis.call('HGET', h, 'tenant'), j)
       redis.call('HDEL', h, 'request')
       redis.call('HSET', h, 'status', 'cancelled', 'cancel', '1', 'finished', stamp)
@@ -32,9 +34,8 @@ for i = 2, #KEYS do
       redis.call('EXPIRE', h, ARGV[4])
       redis.call('EXPIRE', h .. ':events', ARGV[4])
     elseif redis.call('HGET', h, 'held') ~= '1' then -- a held job waits its turn (release.lua)
-      local queue = redis.call('HGET', h, 'queue')
       if redis.call('LLEN', queue) == 0 then
-        redis.call('ZADD', KEYS[i], stamp, j)
+        enqueue(ARGV[1], queue, j, stamp)
         table.insert(out, j)
         table.insert(out, queue)
         table.insert(out, redis.call('HGET', h, 'attempt'))

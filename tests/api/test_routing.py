@@ -53,10 +53,10 @@ class Load:
     def load(self, d: DeploymentInfo) -> tuple[int, int]:
         return self.running.get(d.backend, 0), 10
 
-    def depth(self, queue: str) -> int:
+    def depth(self, queue: str, tenant: str | None = None) -> int:
         return self.waiting.get(queue, 0)
 
-    def queue_wait(self, d: DeploymentInfo) -> float:
+    def queue_wait(self, d: DeploymentInfo, tenant: str = "-") -> float:
         return self.wait.get(d.queue, 0.0)
 
     def service_time(self, backend: str) -> float:

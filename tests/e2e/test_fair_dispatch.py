@@ -75,18 +75,17 @@ def fair(stack: Stack, start_api: Callable[..., str], worker: Worker) -> Iterato
     """An API in front of the session's local worker, with three keys: `fair-busy` and
     `fair-b` without limits, `fair-capped` at max-parallel half the worker's slots.
 
-    ROUTER_QUEUE_TIMEOUT is off: the API's estimate of a new job's queue time is the whole
-    queue's backlog (every key's, held jobs included) times the backend's recent service
-    time over the worker's slots, so on a slow CPU one key's backlog could get another
-    key's streamed request refused at once (503), although fair dispatch starts it within
-    a turn."""
+    The API runs with the default ROUTER_QUEUE_TIMEOUT: its estimate of a new job's queue
+    time counts the jobs fair dispatch puts ahead of it (a turn of each key with jobs
+    held), not another key's whole backlog, so B's streamed request is never refused as
+    overloaded behind A's."""
     pid = str(worker.proc.pid)
     slots = next(
         int(w["concurrency"]) for w in Liveness(stack.redis()).workers() if w["pid"] == pid
     )
     caps = {"fair-busy": None, "fair-b": None, "fair-capped": max(slots // 2, 1)}
     db_url, secrets = registry_with_keys(stack, "fair.db", **caps)
-    url = start_api("api-fair", DATABASE_URL=db_url, ROUTER_QUEUE_TIMEOUT="0")
+    url = start_api("api-fair", DATABASE_URL=db_url)
     assert httpx.get(url + "/v1/models", timeout=10).status_code == 401  # auth is on
     api = FairApi(url, slots, {n: tenant(url, n, s) for n, s in secrets.items()})
     yield api

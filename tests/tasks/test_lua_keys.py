@@ -24,6 +24,7 @@ KEYS_TEMPLATES = {
     keys.circuit_key(HOLE),
     keys.probe_key(HOLE),
     keys.outcomes_key(HOLE),
+    keys.tenant_queued_key(HOLE, HOLE),
     keys.ring_key(HOLE),
     keys.held_key(HOLE, HOLE),
     keys.tenant_key(HOLE),

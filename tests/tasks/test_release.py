@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tasks import keys
-from tasks.jobs import ANONYMOUS, IdempotencyConflict, JobStore
+from tasks.jobs import ANONYMOUS, IdempotencyConflict, JobStore, QueueFull
 from tasks.keys import JobStatus
 from tasks.liveness import Liveness, Requeued
 
@@ -327,3 +327,34 @@ def test_idempotency_keys_are_scoped_per_tenant(r, make_job) -> None:
         submit(store, make_job, "b3", tenant="B", idempotency_key="k", digest="d2")
     assert not r.exists(keys.job_key("a2"), keys.job_key("b2"), keys.job_key("b3"))
     assert listed(r) == ["a", "b"] and held(r, ANONYMOUS) == ["x"]  # repeats pushed nothing
+
+
+# -- each tenant's share of the queue limit -------------------------------------------------
+
+
+def test_the_queue_limit_is_each_tenants_own(r, make_job) -> None:  # type: ignore[no-untyped-def]
+    """One key's full share refuses its next job, never another key's."""
+    store = JobStore(r, job_ttl=60)
+    for i in range(3):
+        submit(store, make_job, f"a{i}", limit=3)
+    with pytest.raises(QueueFull):
+        submit(store, make_job, "a3", limit=3)
+    assert submit(store, make_job, "b0", tenant="B", limit=3) == "b0"
+    assert (store.backlog(Q, "A"), store.backlog(Q, "B"), store.backlog(Q)) == (3, 1, 4)
+
+
+def test_a_started_or_cancelled_job_leaves_its_tenants_share(r, make_job) -> None:  # type: ignore[no-untyped-def]
+    store, lv = JobStore(r, job_ttl=60), Liveness(r)
+    for i in range(3):
+        submit(store, make_job, f"a{i}", limit=3)
+    first = take(r, store)
+    store.cancel("a2")
+    assert store.backlog(Q, "A") == 1
+    submit(store, make_job, "a3", limit=3)
+    submit(store, make_job, "a4", limit=3)
+    with pytest.raises(QueueFull):
+        submit(store, make_job, "a5", limit=3)
+    # the worker running the first dies: redelivered, it counts against the share again
+    r.zadd(keys.WORKERS, {"w1": 0})
+    assert [job.job_id for job in lv.reap()] == [first]
+    assert store.backlog(Q, "A") == 4
