@@ -112,7 +112,9 @@ class Settings:
     forward_headers: str = setting(
         "x-session-token", "client request headers passed on to backends (comma list)"
     )
-    queue_limit: int = setting(200, "most jobs waiting on a queue before it is skipped (0: any)")
+    queue_limit: int = setting(
+        200, "most jobs of one API key waiting on a queue before it is skipped (0: any)"
+    )
     dispatch_ahead: int = setting(
         2, "task messages a queue's list holds; beyond them jobs wait their key's turn"
     )
