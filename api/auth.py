@@ -132,6 +132,16 @@ class Gate:
             raise InvalidApiKey("Incorrect API key provided, or the key was revoked or expired.")
         return Caller(key.name, key)
 
+    def renewed(self, caller: Caller) -> Caller:
+        """The caller as the registry has it now: a long-lived WebSocket asks before each
+        request, so a key revoked, expired or changed meanwhile takes effect there too."""
+        if caller.key is None:
+            return caller
+        key = self.snapshot().key(caller.key.secret_hash)
+        if key is None or not key.usable(time.time()):
+            raise InvalidApiKey("The API key of this socket was revoked or has expired.")
+        return Caller(key.name, key)
+
     def check(self) -> None:
         """Before every /v1 route: set g.caller, or refuse with 401."""
         if not self.required():

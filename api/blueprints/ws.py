@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import redis
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
@@ -168,8 +168,9 @@ def chat_socket(ws: Any) -> None:
     with no request for WS_IDLE_TIMEOUT seconds is closed."""
     service = chat_service()
     idle = float(current_app.config["WS_IDLE_TIMEOUT"]) or None
+    gate = current_app.extensions["auth"]
     try:
-        socket_caller(ws, current_app.extensions["auth"])
+        socket_caller(ws, gate)
     except RouterError as exc:
         _send_error(ws, exc)
         return
@@ -178,6 +179,11 @@ def chat_socket(ws: Any) -> None:
         if raw is None:  # idle: nothing sent for WS_IDLE_TIMEOUT seconds
             ws.close(reason=IDLE_CLOSE, message=f"No request for {idle:g} s.")
             return
+        try:
+            g.caller = gate.renewed(g.caller)  # the key may have been revoked since
+        except RouterError as exc:
+            _send_error(ws, exc)
+            return  # the socket closes: its key no longer works
         completion: Completion | None = None
         try:
             body = orjson.loads(raw)
