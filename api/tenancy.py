@@ -74,13 +74,17 @@ def admit(
     key = caller.key
     if key is None or not reserves(caller):
         return None
-    snapshot: Snapshot = services.registry.get()
-    tokens = prompt_token_estimate(req.messages_as_dicts()) + completion_cap(req, route)
-    allowed = [r for r in chain(route, snapshot) if caller.allows(r.id)]
-    cost = worst_cost(req, size, allowed) if key.budget_usd is not None else 0
-    now = time.time()
-    period = period_key(key.budget_period, now) if key.budget_usd is not None else ""
-    keep = period_seconds(key.budget_period, now) + 86400 if period else 0
+    tokens = cost = keep = 0
+    period = ""
+    if key.tpm is not None:
+        tokens = prompt_token_estimate(req.messages_as_dicts()) + completion_cap(req, route)
+    if key.budget_usd is not None:
+        snapshot: Snapshot = services.registry.get()
+        cost = worst_cost(req, size, [r for r in chain(route, snapshot) if caller.allows(r.id)])
+        now = time.time()
+        period = period_key(key.budget_period, now)
+        length = period_seconds(key.budget_period, now)  # 0: `total`, kept for ever
+        keep = length + 86400 if length else 0
     found = services.tenants.admit(caller.name, limits(key), tokens, cost, period, keep)
     g.ratelimit = found
     refuse(found, key)
