@@ -9,7 +9,7 @@ same-repetition differences from direct.
 
     .venv/bin/python bench/overhead.py [--reps 3] [--litellm-venv DIR] [--soak 600]
         [--only 1,2,3,4,5] [--scale 1.0] [--rates 100,250,500] [--shipped-only]
-        [--compare GIT-REF] [--out results.json]
+        [--compare GIT-REF] [--keys] [--out results.json]
 
 Scenarios: (1) sequential non-stream, latency 0, 16 tokens, 300 requests; (2) sequential
 stream, TTFT 20 ms, 64 tokens 5 ms apart, 200 requests; (3) open loop, latency 1.5 s,
@@ -21,6 +21,12 @@ look; the published figures use 1.0). The mock is registered as model `mock` on 
 `openai` backend (OPENAI_BASE_URL points the provider worker at it). `--compare REF` adds
 a column `router@REF`: a second stack running that commit's code (from a git worktree), so
 a change is measured against its parent in the same run, on the same noisy machine.
+`--keys` adds a column `router, key with limits`: a second API on the same stack (the same
+Redis, workers and mock) whose registry holds one API key with RPM, TPM, max-parallel and a
+budget far above any load here, sent by every request. So each request pays what a key
+costs (authentication, the admission script, the x-ratelimit-* headers, the settle, fair
+dispatch with a max-parallel) and none is refused; the report adds what that costs over
+`router` (no key: auth open, as a loopback `make run` without keys).
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ STREAM = {"latency_ms": 20, "tokens": 64, "interval_ms": 5}
 SLOW = {"latency_ms": 1500, "tokens": 16, "interval_ms": 0}
 KEY = "sk-bench"
 FLOWER_IDLE = 5.0  # seconds after the last look at Flower until task events go off
+KEYED = "router, key with limits"
+#: The --keys column's key: limits no load here reaches, so that every request is admitted
+#: and pays for it. The budget never resets (`total`), so the run's spend can be read back.
+KEY_RPM, KEY_TPM, KEY_PARALLEL, KEY_BUDGET = 10**7, 10**12, 10**4, 10.0**6
+#: target name -> the API key its load sends (the others send load.py's default, ignored)
+SECRETS: dict[str, str] = {}
 
 
 # -- the processes --------------------------------------------------------------------------
@@ -93,6 +105,53 @@ def start_router(stack: Stack, mock: Mock, shipped: bool = True) -> tuple[str, l
         stack.worker("local-mps", "-l", "info")  # as the Procfile's `worker`
         stack.flower_url = stack.flower(FLOWER_IDLE)
     return api + "/v1", pids
+
+
+def start_keyed_api(stack: Stack) -> str:
+    """A second API on `stack` on a registry of its own, holding the mock (priced) and one
+    API key with KEY_LIMITS, which auth (ROUTER_AUTH=auto) then requires; its base url.
+    The key goes in SECRETS[KEYED]."""
+    from registry.apikeys import create_key
+    from registry.crud import add_model
+    from registry.db import init_db, make_engine
+
+    db_url = f"sqlite:///{stack.tmp / 'keys.db'}"
+    engine = make_engine(db_url)
+    init_db(engine, stack.env)
+    # priced (USD per 1M tokens), so that the budget has a worst case to reserve and settle
+    add_model(engine, "mock", "openai", context_window=32768, input_price=0.15, output_price=0.6)
+    _, SECRETS[KEYED] = create_key(
+        engine,
+        "bench",
+        rpm=KEY_RPM,
+        tpm=KEY_TPM,
+        max_parallel=KEY_PARALLEL,
+        budget_usd=KEY_BUDGET,
+        budget_period="total",
+    )
+    return stack.api(2, name="api-keys", env={"DATABASE_URL": db_url}) + "/v1"
+
+
+def check_keyed(url: str) -> None:
+    """The keyed API requires its key, and admits a request of it with the limits' headers."""
+    body = {"model": "mock", "messages": [{"role": "user", "content": "Hi"}]}
+    anyone = httpx.post(url + "/chat/completions", json=body, timeout=30)
+    auth = {"Authorization": f"Bearer {SECRETS[KEYED]}"}
+    keyed = httpx.post(url + "/chat/completions", json=body, headers=auth, timeout=30)
+    if anyone.status_code != 401 or keyed.status_code != 200:
+        raise RuntimeError(f"keyed API: {anyone.status_code} without the key, {keyed.text}")
+    if keyed.headers.get("x-ratelimit-limit-requests") != str(KEY_RPM):
+        raise RuntimeError(f"keyed API: no x-ratelimit-* headers: {dict(keyed.headers)}")
+
+
+def key_spend(stack: Stack) -> dict[str, int]:
+    """What the key spent (settled) and still holds reserved, in nano-USD."""
+    import redis
+
+    from tasks.tenants import Tenants
+
+    spent, reserved = Tenants(redis.Redis.from_url(stack.redis_url)).spend("bench", "total")
+    return {"spent_nusd": spent, "reserved_nusd": reserved}
 
 
 class Watcher:
@@ -148,7 +207,8 @@ def interleaved(
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(reps):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            runs[name].append(load(targets[name], *args, *(more or {}).get(name, [])))
+            key = ["--api-key", SECRETS[name]] if name in SECRETS else []
+            runs[name].append(load(targets[name], *args, *key, *(more or {}).get(name, [])))
     return runs
 
 
@@ -163,9 +223,9 @@ def median(runs: list[dict], path: str) -> float:
     return statistics.median(get(r, path) for r in runs)
 
 
-def added(runs: dict[str, list[dict]], name: str, path: str) -> float:
-    """Median over repetitions of (name - direct) in the same repetition."""
-    pairs = zip(runs[name], runs["direct"], strict=True)
+def added(runs: dict[str, list[dict]], name: str, path: str, base: str = "direct") -> float:
+    """Median over repetitions of (name - base) in the same repetition."""
+    pairs = zip(runs[name], runs[base], strict=True)
     return statistics.median(get(a, path) - get(b, path) for a, b in pairs)
 
 
@@ -281,6 +341,11 @@ def main() -> None:
         action="store_true",
         help="only the stack as make run starts it (no Flower-watched and stripped columns)",
     )
+    p.add_argument(
+        "--keys",
+        action="store_true",
+        help=f"add a column `{KEYED}`: what an API key with limits costs over `router`",
+    )
     args = p.parse_args()
     only = {int(x) for x in args.only.split(",")}
     scale = args.scale
@@ -305,10 +370,15 @@ def main() -> None:
             )
             other = stacks.enter_context(Stack(root=tree, OPENAI_API_KEY=KEY))
             targets[f"router@{args.compare}"] = start_router(other, mock)[0]
+        if args.keys:
+            targets[KEYED] = start_keyed_api(stack)
         if args.litellm_venv:
             targets["litellm"] = start_litellm(stack, args.litellm_venv, mock)
         mock.set(FAST)
         load(router, "--requests", "50")
+        if args.keys:
+            check_keyed(targets[KEYED])
+            load(targets[KEYED], "--requests", "50", "--api-key", SECRETS[KEYED])
         rows: list[list[str]] = []
         memory: dict[str, Any] = {"start": rss_mb(pids)}
         if 1 in only:
@@ -332,12 +402,34 @@ def main() -> None:
             memory["soak"] = {"samples": points, "result": soak_result}
             memory["soak_slope_mb_per_min"] = round(slope_mb_per_min(points), 2)
         results["memory"] = memory
+        if args.keys:
+            results["keys"] = key_spend(stack)
     header = ["scenario", *targets]
     print(table(header, rows))
     print()
+    if args.keys:
+        print(key_lines(results))
     print(memory_lines(memory))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str))
+
+
+def key_lines(results: dict[str, Any]) -> str:
+    """What the key with limits added over `router` (no key), as medians of same-repetition
+    differences, and what the key spent."""
+    parts = []
+    for scenario, metric in (("sequential", "latency_ms"), ("streaming", "ttft_ms")):
+        if scenario in results:
+            runs = results[scenario]["runs"]
+            for q in ("p50", "p99"):
+                diff = added(runs, KEYED, f"{metric}.{q}", "router")
+                parts.append(f"{metric.removesuffix('_ms')} {q} {diff:+.2f} ms")
+    spend = results["keys"]
+    return (
+        f"API key with limits, over `router`: {', '.join(parts) or 'no latency scenario'}; "
+        f"the key spent {spend['spent_nusd'] / 1e9:.6f} USD, "
+        f"{spend['reserved_nusd']} nano-USD left reserved"
+    )
 
 
 def memory_lines(memory: dict[str, Any]) -> str:

@@ -147,13 +147,15 @@ class Stack:
         proc.terminate()
         proc.wait(timeout=30)
 
-    def api(self, workers: int = 2) -> str:
-        """Start the API as the Procfile does; returns its base URL."""
+    def api(self, workers: int = 2, name: str = "api", env: dict | None = None) -> str:
+        """Start the API as the Procfile does; returns its base URL. `name`: its log and
+        metrics directory, for a second API beside the first; `env`: settings of its own."""
         port = free_port()
         args = [str(BIN / "gunicorn"), "-k", "gevent", "-w", str(workers)]
         args += ["--worker-connections", "2000", "-b", f"127.0.0.1:{port}", "api:create_app()"]
-        (self.tmp / "metrics").mkdir(exist_ok=True)
-        self.spawn("api", args, {"PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics")})
+        metrics = self.tmp / ("metrics" if name == "api" else f"metrics-{name}")
+        metrics.mkdir(exist_ok=True)
+        self.spawn(name, args, {"PROMETHEUS_MULTIPROC_DIR": str(metrics), **(env or {})})
         self.api_url = f"http://127.0.0.1:{port}"
         _wait(lambda: _answers(self.api_url + "/healthz"), 30, "the API")
         return self.api_url
