@@ -45,12 +45,18 @@ if KEYS[4] ~= '' then
   else
     redis.call('HDEL', tenant_hash, 'parallel')
   end
-  redis.call('HSET', KEYS[1], 'message', ARGV[4], 'held', '1')
-  redis.call('LPUSH', prefix .. ':queue:' .. queue .. ':held:' .. tenant, id)
   local ring = prefix .. ':queue:' .. queue .. ':ring'
-  if not redis.call('LPOS', ring, tenant) then
-    redis.call('LPUSH', ring, tenant) -- a tenant with nothing held goes first
+  local ahead = tonumber(ARGV[9])
+  if tonumber(ARGV[8]) == 0 and redis.call('LLEN', ring) == 0
+     and redis.call('LLEN', queue) < ahead then
+    redis.call('LPUSH', queue, ARGV[4]) -- nobody is held and the list has room: no turn to wait
+  else
+    redis.call('HSET', KEYS[1], 'message', ARGV[4], 'held', '1')
+    redis.call('LPUSH', prefix .. ':queue:' .. queue .. ':held:' .. tenant, id)
+    if not redis.call('LPOS', ring, tenant) then
+      redis.call('LPUSH', ring, tenant) -- a tenant with nothing held goes first
+    end
+    release(prefix, queue, ahead, tonumber(t[1]) + tonumber(t[2]) / 1e6)
   end
-  release(prefix, queue, tonumber(ARGV[9]), tonumber(t[1]) + tonumber(t[2]) / 1e6)
 end
 return {'created'}
