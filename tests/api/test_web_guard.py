@@ -227,4 +227,8 @@ def test_websocket_messages_are_capped_like_bodies_and_pinged(make_app: Callable
     assert options["ping_interval"] == app.config["KEEPALIVE"] > 0
     assert app.config["WS_IDLE_TIMEOUT"] > 0
     given = {**app.config, "MAX_CONTENT_LENGTH": 4096, "SOCK_SERVER_OPTIONS": {"ping_interval": 3}}
-    assert server_options(given) == {"max_message_size": 4096, "ping_interval": 3}
+    assert server_options(given) == {
+        "max_message_size": 4096,
+        "ping_interval": 3,
+        "subprotocols": ["irouter"],  # selected when a browser offers its key beside it
+    }

@@ -58,7 +58,7 @@ def test_models_filter_and_order(fresh_registry: Engine) -> None:
     assert ids == ["grok-3", "grok-3-mini", "grok-4", "smollm2-135m"]
 
 
-def test_snapshot_is_four_selects_and_frozen(fresh_registry: Engine) -> None:
+def test_snapshot_is_five_selects_and_frozen(fresh_registry: Engine) -> None:
     for i in range(5):
         add_model(fresh_registry, f"m{i}", "local", aliases=[f"a{i}", f"b{i}"], fallbacks=["local"])
         add_deployment(fresh_registry, f"m{i}", "llm-d")
@@ -66,7 +66,7 @@ def test_snapshot_is_four_selects_and_frozen(fresh_registry: Engine) -> None:
     statements: list[str] = []
     event.listen(fresh_registry, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
     snap = load_snapshot(fresh_registry)
-    assert len(statements) == 4, statements  # backends, models, aliases, deployments
+    assert len(statements) == 5, statements  # backends, models, aliases, deployments, keys
     route = snap.resolve("b3")
     assert route is not None and route.id == "m3"
     with pytest.raises(dataclasses.FrozenInstanceError):
