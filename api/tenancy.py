@@ -61,8 +61,7 @@ def worst_cost(req: ChatCompletionRequest, size: int, routes: list[ModelRoute]) 
 
 def reserves(caller: Caller) -> bool:
     """Whether the caller's key has an RPM, TPM or budget: admission has something to do."""
-    key = caller.key
-    return key is not None and not (key.rpm is None and key.tpm is None and key.budget_usd is None)
+    return caller.key is not None and caller.key.reserves
 
 
 def admit(
@@ -72,7 +71,7 @@ def admit(
     caller has no such limit (nothing to reserve, no round trip). `size`: the request
     body's bytes."""
     key = caller.key
-    if key is None or not reserves(caller):
+    if key is None or not key.reserves:
         return None
     tokens = cost = keep = 0
     period = ""

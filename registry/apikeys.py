@@ -92,9 +92,10 @@ class KeyInfo:
         return not self.models or model_id in self.models
 
     @property
-    def limited(self) -> bool:
-        """Whether any limit applies: only then does a request cost a Redis round trip."""
-        return any(v is not None for v in (self.rpm, self.tpm, self.max_parallel, self.budget_usd))
+    def reserves(self) -> bool:
+        """Whether an RPM, TPM or budget applies: only then does admission reserve anything
+        (a Redis round trip); max-parallel is fair dispatch's to apply."""
+        return any(v is not None for v in (self.rpm, self.tpm, self.budget_usd))
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:

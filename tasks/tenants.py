@@ -140,7 +140,3 @@ class Tenants:
         """(spent, reserved) nano-USD of `period`."""
         spent, reserved = self.redis.hmget(keys.spend_key(tenant, period), ["spent", "reserved"])
         return int(spent or 0), int(reserved or 0)
-
-    def running(self, tenant: str) -> int:
-        """Jobs of the key dispatched to a worker and not ended."""
-        return int(self.redis.zcard(keys.running_key(tenant)))

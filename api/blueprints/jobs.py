@@ -59,11 +59,15 @@ def job_body(rec: JobRecord, transcript: Transcript) -> dict[str, object]:
     }
 
 
+def _no_job(raw_id: str) -> NotFoundError:
+    return NotFoundError(f"No job with id `{raw_id}`.", param="job_id", code="job_not_found")
+
+
 def _snapshot(raw_id: str) -> tuple[JobRecord, Transcript]:
     """The job and its events; 404 for a job of another API key, as for none."""
     snap = services().jobs.snapshot(job_id_of(raw_id))
     if snap is None or not current_caller().owns(snap[0].tenant):
-        raise NotFoundError(f"No job with id `{raw_id}`.", param="job_id", code="job_not_found")
+        raise _no_job(raw_id)
     return snap
 
 
@@ -112,10 +116,12 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel: a queued job ends at once; a running one stops at its next token."""
     jid = job_id_of(job_id)
-    _snapshot(jid)  # another key's job is not found
+    rec = services().jobs.record(jid)
+    if rec is not None and not current_caller().owns(rec.tenant):
+        raise _no_job(job_id)
     status = services().jobs.cancel(jid)
     if status is None:
-        raise NotFoundError(f"No job with id `{job_id}`.", param="job_id", code="job_not_found")
+        raise _no_job(job_id)
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ConflictError(f"Job `{job_id}` already {status.value}.", code="job_finished")
     give_up = time.monotonic() + CANCEL_WAIT

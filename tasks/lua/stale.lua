@@ -22,9 +22,10 @@ for i = 2, #KEYS do
     local owner = redis.call('HGET', h, 'owner')
     local alive = owner and redis.call('ZSCORE', KEYS[1], owner)
     local queue = redis.call('HGET', h, 'queue')
-    if status ~= 'queued' then
-      redis.call('ZREM', KEYS[i], j)
-      if queue then unqueue(ARGV[1], queue, j) end
+    if not queue then
+      redis.call('ZREM', KEYS[i], j) -- its hash is gone: nothing names its tenant's index
+    elseif status ~= 'queued' then
+      unqueue(ARGV[1], queue, j)
     elseif owner and (not alive or tonumber(alive) < now) then
       unqueue(ARGV[1], queue, j)
       ended(ARGV[1], redis.call('HGET', h, 'tenant'), j)

@@ -15,8 +15,9 @@ from sqlalchemy import text
 
 from registry import make_engine
 from registry.apikeys import SECRET_PREFIX, hash_secret, period_key
-from registry.requestlog import DAY, LogEntry, write_entries
+from registry.requestlog import DAY, write_entries
 from tasks import keys as redis_keys
+from tests.registry.test_keys_cli import entry
 
 ADMIN_KEY = "admin-key-for-these-tests-0123"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -239,21 +240,6 @@ def test_revoke_then_rotate(admin: Any, db_url: str, name: str) -> None:
 
 
 # -- usage ----------------------------------------------------------------------------------
-
-
-def entry(key: str | None, model: str, at: float, prompt: int, completion: int, cost: float):
-    return LogEntry(
-        time=at,
-        request_id=f"req_{uuid.uuid4().hex[:12]}",
-        model=model,
-        backend="local",
-        status="200",
-        latency_ms=10.0,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cost_usd=cost,
-        key_name=key,
-    )
 
 
 def test_usage(admin: Any, db_url: str, name: str, stack: Any) -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import BIN, ROOT, Stack, _answers, free_port, wait_until
+from tests.e2e.conftest import CHROMIUM
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "docs" / "img"
 UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
 LONG_PROMPT = "Write a long poem about the sea and the sky."
@@ -62,16 +61,6 @@ def ui_url(api_url: str, stack: Stack) -> str:
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _answers(url + "/healthz"), 30, "api-ui", stack.tmp / "api-ui.log")
     return url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"]
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -56,16 +56,6 @@ def auth_api(stack: Stack, start_api: Callable[..., str], worker: Any) -> AuthAp
     return AuthApi(url, secret)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"]
-        )
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any, auth_api: AuthApi) -> Iterator[Any]:
     """A fresh page that records console errors (but the 401s this test causes), every URL it
